@@ -1,0 +1,154 @@
+"""The `fer-batch` command. Only this module and jobs/ read arguments or the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from fer_batch.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_FACE,
+    DETECTORS,
+    AnnotateConfig,
+    DetectConfig,
+    VideoConfig,
+    parse_storage_options,
+)
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register `add_arguments` for a subcommand; the run function is `run_<name>`."""
+
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = (help_text, add_arguments)
+        return add_arguments
+
+    return wrap
+
+
+@command("annotate", "find faces in images/videos and write emotion tables")
+def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files, directories (walked recursively), globs or URLs")
+    p.add_argument("--output", "-o", required=True, help="output directory or URL")
+    p.add_argument("--model", default="fer-mini-xception",
+                   help="registry name, trained model directory or .keras file")
+    p.add_argument("--detector", default="haar", choices=DETECTORS)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="faces per model call")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                   help="detect on a copy at most this long (0: full resolution)")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,
+                   help="smallest face to find, in original pixels")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images become error rows without being decoded")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per classifier actor (default: 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--detect-actors", type=int, default=None)
+    p.add_argument("--classify-actors", type=int, default=None)
+    p.add_argument("--video-fps", type=float, default=1.0)
+    p.add_argument("--every-n-frames", type=int, default=None)
+    p.add_argument("--max-frames-per-video", type=int, default=None)
+    p.add_argument("--all-frames", action="store_true", help="sample every video frame")
+    p.add_argument("--segment-seconds", type=float, default=60.0)
+    p.add_argument("--manifest", default=None, help="Parquet, CSV or text file listing input URIs")
+    p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    p.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
+    every_n = args.every_n_frames
+    fps = None if (args.all_frames or every_n) else args.video_fps
+    return AnnotateConfig(
+        inputs=tuple(args.inputs),
+        output=args.output,
+        model=args.model,
+        batch_size=args.batch_size,
+        detect=DetectConfig(detector=args.detector, max_side=args.max_side,
+                            min_face=args.min_face, max_pixels=args.max_pixels),
+        video=VideoConfig(fps=fps, every_n_frames=every_n,
+                          max_frames=args.max_frames_per_video,
+                          segment_seconds=args.segment_seconds),
+        num_gpus=args.num_gpus,
+        detect_actors=args.detect_actors,
+        classify_actors=args.classify_actors,
+        manifest=args.manifest,
+        overwrite=args.overwrite,
+        storage_options=parse_storage_options(args.storage_options),
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        progress=not args.no_progress,
+    )
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    from fer_batch.pipeline import annotate
+
+    record = annotate(annotate_config(args))
+    counts, speed = record["counts"], record["throughput"]
+    print(
+        f"fer-batch: {counts['processed']} files ({counts['skipped_done']} already done, "
+        f"{counts['skipped_non_media']} non-media skipped), {counts['faces']} faces, "
+        f"{counts['errors']} errors, {speed['files_per_s']} files/s -> {args.output}"
+    )
+    return 0
+
+
+@command("models", "list the model registry")
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    del p
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from fer_batch.registry import load_registry
+
+    for spec in load_registry().values():
+        h, w, c = spec.input_shape
+        acc = spec.accuracy.get("value")
+        print(f"{spec.name:24} {spec.architecture:16} {h}x{w}x{c} "
+              f"{spec.preprocessing.color:5} acc={acc}  {spec.weights}")
+    return 0
+
+
+@command("query", "run SQL (DuckDB) over an output's faces, media and errors views")
+def add_query_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("sql", metavar="SQL")
+    p.add_argument("--storage-options", default=None)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from fer_batch.query import run_query as query
+
+    print(query(args.output, args.sql, parse_storage_options(args.storage_options)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fer-batch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runner = globals()[f"run_{args.command}"]
+    try:
+        return runner(args)
+    except ValueError as e:
+        print(f"fer-batch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

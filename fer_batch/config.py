@@ -1,0 +1,127 @@
+"""Frozen, typed run configuration.
+
+Only the CLI and ``jobs/`` build these from arguments; stages receive them whole
+(through ``fn_constructor_kwargs`` for actors). Every check names the option the
+way a user typed it and echoes the value received.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Detector = Literal["haar", "mtcnn"]
+DETECTORS: tuple[str, ...] = ("haar", "mtcnn")
+
+# Chosen by measurement on ../shared/data/photos (see README, "Performance"):
+# detecting on a copy whose long side is at most 1280 px, and never shrinking a
+# face below the cascade's 24 px window, keeps recall while cutting detection time.
+DEFAULT_MAX_SIDE = 1280
+DEFAULT_MIN_FACE = 40
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_PIXELS = 100_000_000
+HAAR_WINDOW = 24
+
+
+def _require(ok: bool, option: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{option} {rule}; received: {value!r}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Face detection settings, shared by annotate, evaluate's alignment and the bench."""
+
+    detector: Detector = "haar"
+    max_side: int = DEFAULT_MAX_SIDE
+    min_face: int = DEFAULT_MIN_FACE
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        _require(self.detector in DETECTORS, "--detector", f"must be one of {DETECTORS}",
+                 self.detector)
+        _require(self.max_side == 0 or self.max_side >= 64, "--max-side",
+                 "must be 0 (full resolution) or at least 64", self.max_side)
+        _require(self.min_face >= HAAR_WINDOW, "--min-face",
+                 f"must be at least {HAAR_WINDOW} pixels", self.min_face)
+        _require(self.scale_factor > 1.0, "--scale-factor", "must be greater than 1.0",
+                 self.scale_factor)
+        _require(self.min_neighbors >= 0, "--min-neighbors", "must be >= 0", self.min_neighbors)
+        _require(self.max_pixels >= 1, "--max-pixels", "must be >= 1", self.max_pixels)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """How frames are sampled from videos and how long videos are split."""
+
+    fps: float | None = 1.0
+    every_n_frames: int | None = None
+    max_frames: int | None = None
+    segment_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        _require(self.fps is None or self.fps > 0, "--video-fps", "must be > 0", self.fps)
+        _require(self.every_n_frames is None or self.every_n_frames >= 1, "--every-n-frames",
+                 "must be >= 1", self.every_n_frames)
+        _require(self.max_frames is None or self.max_frames >= 1, "--max-frames-per-video",
+                 "must be >= 1", self.max_frames)
+        _require(self.segment_seconds > 0, "--segment-seconds", "must be > 0",
+                 self.segment_seconds)
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """Everything one annotate run needs; recorded verbatim (minus secrets) in _run.json."""
+
+    inputs: tuple[str, ...]
+    output: str
+    model: str = "fer-mini-xception"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    num_gpus: float | None = None
+    detect_actors: int | None = None
+    classify_actors: int | None = None
+    files_per_task: int = 4
+    manifest: str | None = None
+    overwrite: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.inputs) or self.manifest is not None, "INPUT",
+                 "needs at least one input path (or --manifest)", list(self.inputs))
+        _require(bool(self.output), "--output", "must be a path or URI", self.output)
+        _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
+        _require(self.num_gpus is None or self.num_gpus >= 0, "--num-gpus", "must be >= 0",
+                 self.num_gpus)
+        for option, value in (("--detect-actors", self.detect_actors),
+                              ("--classify-actors", self.classify_actors)):
+            _require(value is None or value >= 1, option, "must be >= 1", value)
+        _require(self.files_per_task >= 1, "--files-per-task", "must be >= 1",
+                 self.files_per_task)
+        _require(isinstance(self.storage_options, dict), "--storage-options",
+                 "must be a JSON object", self.storage_options)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as recorded in _run.json: storage options are never written."""
+        out = asdict(self)
+        out["storage_options"] = sorted(self.storage_options)
+        return out
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any]:
+    """Parse ``--storage-options`` JSON; the value is not echoed since it may hold secrets."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--storage-options must be a JSON object; it does not parse: {e.msg}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"--storage-options must be a JSON object; received a {type(value).__name__}")
+    return value

@@ -1,0 +1,129 @@
+"""Decode image bytes safely: pixel limit before decoding, EXIF orientation, every mode.
+
+Decoding may happen at a reduced size (JPEG DCT scaling through ``Image.draft``)
+when the detector only needs a smaller copy; the reported width and height are
+always those of the full, upright image, so boxes map back to original pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from fer_batch.schema import STAGE_DECODE
+
+
+class MediaError(Exception):
+    """A bad input file: becomes an error row at `stage`, and the job goes on."""
+
+    def __init__(self, stage: str, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.error_type = error_type
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels (grey HxW or BGR HxWx3 uint8) at `scale` times the upright original size."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    scale: float
+
+
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _open(data: bytes, max_pixels: int):
+    """Open lazily (header only) and enforce the pixel limit before any decoding."""
+    from PIL import Image
+
+    if not data:
+        raise MediaError(STAGE_DECODE, "EmptyFile", "file is empty (0 bytes)")
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise MediaError(
+            STAGE_DECODE,
+            "PixelLimitExceeded",
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (--max-pixels); not decoded",
+        )
+    if image.getexif().get(0x0112, 1) in _ROTATED_ORIENTATIONS:
+        width, height = height, width
+    return image, width, height
+
+
+@contextmanager
+def _as_media_errors():
+    """Translate what Pillow raises for bad bytes into MediaError (stage decode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except MediaError:
+        raise
+    except UnidentifiedImageError as e:
+        raise MediaError(STAGE_DECODE, "UnidentifiedImageError", f"not a readable image: {e}") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MediaError(STAGE_DECODE, type(e).__name__, f"cannot decode image: {e}") from e
+
+
+def probe_size(data: bytes, max_pixels: int = 2**62) -> tuple[int, int]:
+    """Upright (width, height) from the header alone."""
+    with _as_media_errors():
+        _, width, height = _open(data, max_pixels)
+    return width, height
+
+
+def decode_image(
+    data: bytes, max_pixels: int, color: str = "grey", min_scale: float = 1.0
+) -> DecodedImage:
+    """Decode `data`; `min_scale` allows a reduced decode no smaller than that fraction.
+
+    Raises MediaError for anything a file can be wrong with (empty, truncated, not an
+    image, over the pixel limit), never for configuration problems.
+    """
+    from PIL import ImageOps
+
+    with _as_media_errors():
+        image, width, height = _open(data, max_pixels)
+        _draft(image, color, min_scale)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        pixels = _to_array(image, color)
+    if pixels.size == 0:
+        raise MediaError(STAGE_DECODE, "EmptyImage", "image has no pixels")
+    return DecodedImage(pixels=pixels, width=width, height=height, scale=pixels.shape[1] / width)
+
+
+def _draft(image, color: str, min_scale: float) -> None:
+    """Ask JPEG decoders for a DCT-scaled (and, for grey, luma-only) decode."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    scale = min(1.0, min_scale)
+    mode = "L" if color == "grey" and image.mode in ("L", "RGB", "YCbCr") else image.mode
+    image.draft(mode, (int(width * scale + 0.5), int(height * scale + 0.5)))
+
+
+def _to_array(image, color: str) -> np.ndarray:
+    """Any Pillow mode -> uint8 grey (HxW) or BGR (HxWx3)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        grey = np.clip(array * (255.0 / top), 0, 255).astype(np.uint8)
+        return grey if color == "grey" else np.repeat(grey[:, :, None], 3, axis=2)
+    if color == "grey":
+        if image.mode != "L":
+            image = image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
+        return np.asarray(image, dtype=np.uint8)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(rgb[:, :, ::-1])

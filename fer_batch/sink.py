@@ -1,0 +1,244 @@
+"""Parquet output with a commit per batch: data files first, completion marker last.
+
+A commit writes ``faces/``, ``media/`` and ``errors/`` part files named after the
+commit id (a hash of the work items it holds), then ``_commits/<id>.parquet``
+listing those items. A part file without its marker is an orphan from a killed run;
+`remove_orphans` deletes it before a resumed run redoes its items, so every input
+ends up exactly once, whatever moment the previous run died at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fer_batch.records import N_META
+from fer_batch.schema import (
+    COMMITS_DIR,
+    EMOTIONS,
+    ERRORS,
+    ERRORS_SCHEMA,
+    FACES,
+    FACES_SCHEMA,
+    MEDIA,
+    MEDIA_SCHEMA,
+    SCHEMAS,
+    TABLES,
+)
+from fer_batch.sources import filesystem
+
+COMMIT_SCHEMA = pa.schema(
+    [
+        ("item_key", pa.string()),
+        ("source_uri", pa.string()),
+        ("media_type", pa.string()),
+        ("segment", pa.int64()),
+        ("status", pa.string()),
+        ("n_faces", pa.int64()),
+        ("n_errors", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("size_bytes", pa.int64()),
+        ("fps", pa.float64()),
+        ("frame_count", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("n_frames_sampled", pa.int64()),
+        ("detect_node", pa.string()),
+        ("classify_node", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+def join(output: str, *parts: str) -> str:
+    return "/".join([output.rstrip("/"), *parts])
+
+
+def _nullable_int(value: int) -> int | None:
+    return None if value < 0 else int(value)
+
+
+def _nullable_float(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def faces_table(batch: dict[str, np.ndarray], run_id: str, model: str) -> pa.Table:
+    """One row per face, in the declared schema."""
+    metas = [np.asarray(m, np.float64).reshape(-1, N_META) for m in batch["faces"]]
+    counts = [len(m) for m in metas]
+    meta = np.concatenate(metas) if sum(counts) else np.zeros((0, N_META))
+    scores = np.concatenate([np.asarray(s, np.float32).reshape(-1, len(EMOTIONS))
+                             for s in batch["scores"]]) if sum(counts) else np.zeros((0, 7))
+    repeat = np.repeat(np.arange(len(counts)), counts)
+    best = scores.argmax(axis=1) if len(scores) else np.zeros(0, np.int64)
+    columns: dict[str, Any] = {
+        "source_uri": np.asarray(batch["source_uri"], dtype=object)[repeat],
+        "media_type": np.asarray(batch["media_type"], dtype=object)[repeat],
+        "frame_index": meta[:, 0].astype(np.int64),
+        "timestamp_s": pa.array(meta[:, 1], pa.float64(), from_pandas=True),
+        "face_index": meta[:, 2].astype(np.int32),
+        "track_id": pa.array(meta[:, 8], pa.float64(), from_pandas=True).cast(pa.int64()),
+        "bbox_x": meta[:, 3].astype(np.int32),
+        "bbox_y": meta[:, 4].astype(np.int32),
+        "bbox_w": meta[:, 5].astype(np.int32),
+        "bbox_h": meta[:, 6].astype(np.int32),
+        "det_score": meta[:, 7].astype(np.float32),
+    }
+    for k, name in enumerate(EMOTIONS):
+        columns[name] = scores[:, k].astype(np.float32)
+    columns["emotion"] = np.array([EMOTIONS[k] for k in best], dtype=object)
+    columns["emotion_score"] = scores[np.arange(len(best)), best].astype(np.float32)
+    columns["model"] = np.array([model] * len(meta), dtype=object)
+    columns["run_id"] = np.array([run_id] * len(meta), dtype=object)
+    return pa.table(columns, schema=FACES_SCHEMA)
+
+
+def media_table(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
+    """One row per image item (videos get theirs when all their segments are done)."""
+    rows = []
+    for i, media_type in enumerate(batch["media_type"]):
+        if media_type != "image":
+            continue
+        rows.append({
+            "source_uri": batch["source_uri"][i],
+            "media_type": media_type,
+            "status": batch["status"][i],
+            "width": _nullable_int(batch["width"][i]),
+            "height": _nullable_int(batch["height"][i]),
+            "n_faces": len(batch["faces"][i]),
+            "size_bytes": int(batch["size_bytes"][i]),
+            "run_id": run_id,
+        })
+    return pa.Table.from_pylist(rows, schema=MEDIA_SCHEMA)
+
+
+def errors_table(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
+    rows = []
+    for uri, text in zip(batch["source_uri"], batch["errors_json"]):
+        for error in json.loads(text):
+            rows.append({"source_uri": uri, **error, "run_id": run_id})
+    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+
+
+def commit_table(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
+    n = len(batch["source_uri"])
+    return pa.table({
+        "item_key": batch["item_key"],
+        "source_uri": batch["source_uri"],
+        "media_type": batch["media_type"],
+        "segment": np.asarray(batch["segment"], np.int64),
+        "status": batch["status"],
+        "n_faces": np.array([len(m) for m in batch["faces"]], np.int64),
+        "n_errors": np.array([len(json.loads(t)) for t in batch["errors_json"]], np.int64),
+        "width": np.asarray(batch["width"], np.int64),
+        "height": np.asarray(batch["height"], np.int64),
+        "size_bytes": np.asarray(batch["size_bytes"], np.int64),
+        "fps": np.asarray(batch["fps"], np.float64),
+        "frame_count": np.asarray(batch["frame_count"], np.int64),
+        "duration_s": np.asarray(batch["duration_s"], np.float64),
+        "n_frames_sampled": np.asarray(batch["n_frames_sampled"], np.int64),
+        "detect_node": batch["detect_node"],
+        "classify_node": batch["classify_node"],
+        "run_id": np.array([run_id] * n, dtype=object),
+    }, schema=COMMIT_SCHEMA)
+
+
+def commit_id(item_keys: Any) -> str:
+    digest = hashlib.sha1("\n".join(sorted(str(k) for k in item_keys)).encode())
+    return digest.hexdigest()[:24]
+
+
+def write_table(fs: Any, path: str, table: pa.Table) -> None:
+    """Write one Parquet file; locally through a temp name so no reader sees half a file."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def write_commit(
+    batch: dict[str, np.ndarray], output: str, run_id: str, model: str,
+    storage_options: dict[str, Any], extra_tables: dict[str, pa.Table] | None = None,
+) -> dict[str, np.ndarray]:
+    """Write one commit (tables, then marker); return its summary for the driver."""
+    fs, root = filesystem(output, storage_options)
+    cid = commit_id(batch["item_key"])
+    tables = {
+        FACES: faces_table(batch, run_id, model),
+        MEDIA: media_table(batch, run_id),
+        ERRORS: errors_table(batch, run_id),
+        **(extra_tables or {}),
+    }
+    for name, table in tables.items():
+        write_table(fs, join(root, name, f"part-{cid}.parquet"), table)
+    marker = commit_table(batch, run_id)
+    write_table(fs, join(root, COMMITS_DIR, f"{cid}.parquet"), marker)
+    return {"commit": np.array([cid]), "n_items": np.array([len(marker)])}
+
+
+def committed_ids(output: str, storage_options: dict[str, Any]) -> set[str]:
+    fs, root = filesystem(output, storage_options)
+    path = join(root, COMMITS_DIR)
+    if not fs.exists(path):
+        return set()
+    return {os.path.basename(p)[: -len(".parquet")] for p in fs.ls(path, detail=False)
+            if p.endswith(".parquet")}
+
+
+def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
+    """Delete part files whose commit never completed (a run killed mid-commit)."""
+    fs, root = filesystem(output, storage_options)
+    done = committed_ids(output, storage_options)
+    removed = 0
+    for name in TABLES:
+        path = join(root, name)
+        if not fs.exists(path):
+            continue
+        for part in fs.ls(path, detail=False):
+            base = os.path.basename(part)
+            cid = base.removeprefix("part-").split(".")[0]
+            if base.endswith(".tmp") or (cid not in done and cid != "empty"):
+                fs.rm(part)
+                removed += 1
+    return removed
+
+
+def read_commits(output: str, storage_options: dict[str, Any]) -> pa.Table:
+    """All completion markers of the output (empty table when there are none)."""
+    fs, root = filesystem(output, storage_options)
+    path = join(root, COMMITS_DIR)
+    if not fs.exists(path) or not fs.ls(path, detail=False):
+        return COMMIT_SCHEMA.empty_table()
+    return pq.read_table(path, filesystem=fs, schema=COMMIT_SCHEMA)
+
+
+def ensure_tables(output: str, storage_options: dict[str, Any]) -> None:
+    """Give every table at least one (empty) file so readers always see its schema."""
+    fs, root = filesystem(output, storage_options)
+    for name, schema in SCHEMAS.items():
+        path = join(root, name)
+        if not fs.exists(path) or not fs.ls(path, detail=False):
+            write_table(fs, join(path, "part-empty.parquet"), schema.empty_table())
+
+
+class CommitWriter:
+    """Ray Data actor (no CPU slot) that commits each classified block."""
+
+    def __init__(self, output: str, run_id: str, model: str, storage_options: dict[str, Any]):
+        self.kwargs = {"output": output, "run_id": run_id, "model": model,
+                       "storage_options": storage_options}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return write_commit(batch, **self.kwargs)
