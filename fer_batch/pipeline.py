@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from importlib import metadata
 from typing import Any
 
@@ -155,8 +156,15 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
 
 def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id: str,
                   plan: dict[str, Any]) -> Any:
+    """Three actor pools. Restarts and retries are explicit: a lost node restarts its
+    actors elsewhere and their in-flight batches run again (commits are idempotent)."""
     import ray
     from ray.data import ActorPoolStrategy
+    from ray.util.annotations import RayDeprecationWarning
+
+    # Ray 2.60 has no named parameters yet for actor restarts/retries; the pin keeps
+    # the **ray_remote_args route valid.
+    warnings.filterwarnings("ignore", ".*ray_remote_args.*", RayDeprecationWarning)
 
     ds = ray.data.from_arrow_refs(refs).map_batches(
         FaceStage,
