@@ -1,0 +1,37 @@
+"""Annotate ../shared/data/photos and compare face counts with the manifest."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from fer_batch.cli import main
+from tests.invariants import check_invariant
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+GROUP_PHOTOS = ("facenet_multiface.jpg", "retinaface_img3.jpg", "facerec_obama_and_biden.jpg",
+                "simswap_mutil_people.jpg")
+
+
+def test_photos_match_manifest(ray_session, shared_data, tmp_path):
+    photos = shared_data / "photos"
+    out = tmp_path / "out"
+    assert main(["annotate", str(photos), "--output", str(out), "--no-progress"]) == 0
+    uris = {str(p) for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png")}
+    result = check_invariant(out, uris)
+    media = result["media"].set_index(result["media"].source_uri.str.rsplit("/", n=1).str[1])
+    assert (media.status == "ok").all()
+    with open(photos / "manifest.csv") as f:
+        manifest = {row["file"]: row for row in csv.DictReader(f)}
+    for name, row in manifest.items():
+        found = int(media.loc[name, "n_faces"])
+        by_eye = row["visible_human_faces_by_eye"].split()[0]
+        if by_eye == "0":
+            assert found == 0, f"{name}: no face by eye, found {found}"
+        elif row["haar_frontalface_default_detections"] == "1" and by_eye == "1":
+            assert found == 1, f"{name}: one face, found {found}"
+    for name in GROUP_PHOTOS:
+        assert media.loc[name, "n_faces"] >= 2, name
+    assert media.loc["retinaface_img3.jpg", "n_faces"] >= 8
