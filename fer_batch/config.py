@@ -14,11 +14,14 @@ from typing import Any, Literal
 Detector = Literal["haar", "mtcnn"]
 DETECTORS: tuple[str, ...] = ("haar", "mtcnn")
 
-# Chosen by measurement on ../shared/data/photos (see README, "Performance"):
-# detecting on a copy whose long side is at most 1280 px, and never shrinking a
-# face below the cascade's 24 px window, keeps recall while cutting detection time.
-DEFAULT_MAX_SIDE = 1280
-DEFAULT_MIN_FACE = 40
+# Chosen by measurement on ../shared/data/photos (README, "Performance"): every
+# downscaled copy tried (long side 1280 with floors of 24-48 px on the face) lost
+# 4-10 of the 44 boxes a full-resolution scan finds, because OpenCV samples windows
+# more coarsely on small levels. Full resolution plus the exact coarse-to-fine
+# search (fer_batch/cascade.py) keeps all 44 at about half the CPU. min_face 50 is
+# the `fer` package's setting.
+DEFAULT_MAX_SIDE = 0
+DEFAULT_MIN_FACE = 50
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_PIXELS = 100_000_000
 HAAR_WINDOW = 24
@@ -125,3 +128,91 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"--storage-options must be a JSON object; received a {type(value).__name__}")
     return value
+
+
+ClassWeights = Literal["none", "balanced"]
+CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+DEFAULT_TRAIN_BATCH = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One `fer-batch train` run. `batch_size` is per worker; checkpoints go to storage_path.
+
+    Re-running the same command against the same `storage_path` resumes from the
+    latest checkpoint, and FailureConfig restarts a run whose worker failed.
+    """
+
+    train: str
+    output: str
+    val: str | None = None
+    arch: str | None = None
+    init_from: str | None = None
+    epochs: int = 10
+    num_workers: int = 2
+    use_gpu: bool = False
+    batch_size: int = DEFAULT_TRAIN_BATCH
+    lr: float = 1e-3
+    frozen_epochs: int | None = None
+    cv_folds: int = 0
+    class_weights: ClassWeights = "none"
+    backbone_weights: str = "imagenet"
+    align: bool = False
+    augment: bool = True
+    storage_path: str | None = None
+    max_failures: int = 2
+    seed: int = 0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        from fer_batch.train.archs import ARCHS
+
+        _require(bool(self.train), "--train", "must be a path or URI", self.train)
+        _require(bool(self.output), "--output", "must be a directory path or URI", self.output)
+        _require(self.arch is not None or self.init_from is not None, "--arch",
+                 "is required unless --init-from names a model", self.arch)
+        _require(self.arch is None or self.arch in ARCHS, "--arch",
+                 f"must be one of {tuple(ARCHS)}", self.arch)
+        _require(self.epochs >= 1, "--epochs", "must be >= 1", self.epochs)
+        _require(self.num_workers >= 1, "--num-workers", "must be >= 1", self.num_workers)
+        _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
+        _require(self.lr > 0, "--lr", "must be > 0", self.lr)
+        _require(self.frozen_epochs is None or 0 <= self.frozen_epochs <= self.epochs,
+                 "--frozen-epochs", "must be between 0 and --epochs", self.frozen_epochs)
+        _require(self.cv_folds == 0 or self.cv_folds >= 2, "--cv-folds",
+                 "must be 0 (off) or at least 2", self.cv_folds)
+        _require(self.class_weights in CLASS_WEIGHTS, "--class-weights",
+                 f"must be one of {CLASS_WEIGHTS}", self.class_weights)
+        _require(bool(self.backbone_weights), "--backbone-weights",
+                 "must be imagenet, none or a weights file path", self.backbone_weights)
+        _require(self.max_failures >= -1, "--max-failures", "must be >= -1 (-1: unlimited)",
+                 self.max_failures)
+
+    @property
+    def checkpoints(self) -> str:
+        """Where Ray Train keeps checkpoints: --storage-path, else OUTPUT/checkpoints."""
+        return self.storage_path or f"{self.output.rstrip('/')}/checkpoints"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The configuration as recorded in the model card: storage options are never written."""
+        out = asdict(self)
+        out["storage_options"] = sorted(self.storage_options)
+        return out
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """One `fer-batch evaluate` run: labelled DATA, a model, where the report goes."""
+
+    data: str
+    model: str = "fer-mini-xception"
+    output: str = "report.json"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.data), "DATA", "must be a path or URI", self.data)
+        _require(self.output.endswith(".json"), "--output", "must be a .json path or URI",
+                 self.output)
+        _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
