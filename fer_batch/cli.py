@@ -12,9 +12,12 @@ from fer_batch.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     DEFAULT_MIN_FACE,
+    DEFAULT_TRAIN_BATCH,
     DETECTORS,
     AnnotateConfig,
     DetectConfig,
+    EvaluateConfig,
+    TrainConfig,
     VideoConfig,
     parse_storage_options,
 )
@@ -129,6 +132,90 @@ def run_query(args: argparse.Namespace) -> int:
     from fer_batch.query import run_query as query
 
     print(query(args.output, args.sql, parse_storage_options(args.storage_options)))
+    return 0
+
+
+@command("train", "fine-tune or train an emotion model with Ray Train")
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, metavar="DATA",
+                   help="FER-2013 CSV or <class>/* image folder, path or URL; DATA#SPLIT picks "
+                        "a sub-folder or a CSV Usage (default Training)")
+    p.add_argument("--val", default=None, metavar="DATA",
+                   help="validation data, same forms (CSV default Usage: PublicTest)")
+    p.add_argument("--arch", default=None, help="cnn4, cnn2, resnet50, mobilenetv2, mini-xception")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from a registry name, trained model directory or .keras file")
+    p.add_argument("--output", "-o", required=True, metavar="DIR",
+                   help="model directory to write (usable as --model DIR)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN_BATCH, help="per worker")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--frozen-epochs", type=int, default=None,
+                   help="resnet50/mobilenetv2: epochs with the backbone frozen (default: half)")
+    p.add_argument("--cv-folds", type=int, default=0,
+                   help="K-fold cross-validation on the training data first (0: off)")
+    p.add_argument("--class-weights", default="none", choices=("none", "balanced"))
+    p.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
+    p.add_argument("--align", action="store_true", help="level the eyes (same at inference)")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--storage-path", default=None,
+                   help="checkpoint storage (default: OUTPUT/checkpoints); rerun to resume")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to survive")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        train=args.train, val=args.val, output=args.output, arch=args.arch,
+        init_from=args.init_from, epochs=args.epochs, num_workers=args.num_workers,
+        use_gpu=args.use_gpu, batch_size=args.batch_size, lr=args.lr,
+        frozen_epochs=args.frozen_epochs, cv_folds=args.cv_folds,
+        class_weights=args.class_weights, backbone_weights=args.backbone_weights,
+        align=args.align, augment=not args.no_augment, storage_path=args.storage_path,
+        max_failures=args.max_failures, seed=args.seed,
+        storage_options=parse_storage_options(args.storage_options),
+        address=args.address or os.environ.get("RAY_ADDRESS") or None,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fer_batch.train.driver import train
+
+    summary = train(train_config(args))
+    val = summary["val"]
+    score = f"val accuracy {val['accuracy']:.4f} (n={val['n']})" if val else "no --val"
+    if summary["cv"]:
+        cv = summary["cv"]
+        score += f"; {cv['folds']}-fold CV {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}"
+    print(f"fer-batch: {len(summary['history'])} epochs, {score} -> {args.output}")
+    return 0
+
+
+@command("evaluate", "score a model on labelled faces (FER CSV or class folders)")
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA",
+                   help="FER-2013 CSV (DATA#PublicTest for one Usage) or <class>/* folder")
+    p.add_argument("--model", default="fer-mini-xception",
+                   help="registry name, trained model directory or .keras file")
+    p.add_argument("--output", "-o", default="report.json",
+                   help="JSON report; the confusion matrix PNG is written beside it")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from fer_batch.evaluate import evaluate
+
+    report = evaluate(EvaluateConfig(
+        data=args.data, model=args.model, output=args.output, batch_size=args.batch_size,
+        storage_options=parse_storage_options(args.storage_options)))
+    print(f"fer-batch: {report['model']} on {report['data']}: accuracy {report['accuracy']:.4f}, "
+          f"macro-F1 {report['macro_f1']:.4f}, n={report['n']} -> {args.output}")
     return 0
 
 

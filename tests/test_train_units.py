@@ -1,0 +1,121 @@
+"""Pure pieces of training: augmentation, class weights, alignment, plans, config and CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fer_batch.cli import build_parser, main, train_config
+from fer_batch.config import TrainConfig
+from fer_batch.registry import Preprocessing
+from fer_batch.train import align
+from fer_batch.train.augment import Augmentation, augment_batch, balanced_class_weights
+from fer_batch.train.driver import _fold
+from fer_batch.train.loop import TrainPlan, TrainState
+
+
+def test_augment_keeps_shape_dtype_and_varies():
+    faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)
+    out = augment_batch(faces, np.random.default_rng(1))
+    assert out.shape == faces.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, faces)
+    again = augment_batch(faces, np.random.default_rng(1))
+    np.testing.assert_array_equal(out, again)
+
+
+def test_augment_flip_only_mirrors():
+    face = np.zeros((1, 10, 10, 1), np.uint8)
+    face[0, :, :3] = 200
+    flip = Augmentation(flip=True, max_rotation_deg=0, max_shift=0, max_brightness=0)
+    outs = [augment_batch(face, np.random.default_rng(s), flip)[0, :, :, 0] for s in range(8)]
+    assert any(np.array_equal(o, face[0, :, :, 0]) for o in outs)
+    assert any(np.array_equal(o, face[0, :, ::-1, 0]) for o in outs)
+
+
+def test_augment_rgb_faces():
+    faces = np.full((2, 224, 224, 3), 100, np.uint8)
+    assert augment_batch(faces, np.random.default_rng(0)).shape == (2, 224, 224, 3)
+
+
+def test_balanced_class_weights():
+    weights = balanced_class_weights([10, 0, 30, 20, 0, 0, 0])
+    assert weights[0] == pytest.approx(60 / (3 * 10))
+    assert weights[2] == pytest.approx(60 / (3 * 30))
+    assert weights[1] == 1.0
+    with pytest.raises(ValueError):
+        balanced_class_weights([0] * 7)
+
+
+def test_align_levels_two_eyes(monkeypatch):
+    face = np.zeros((48, 48), np.uint8)
+    face[11:14, 11:14] = 255
+    face[23:26, 35:38] = 255
+    monkeypatch.setattr(align, "eye_centres", lambda grey: ((12.5, 12.5), (36.5, 24.5)))
+    assert align.eye_angle(face) == pytest.approx(np.degrees(np.arctan2(12, 24)))
+    out = align.align_face(face)
+    left, right = (np.argwhere(half > 100)[:, 0].mean() for half in (out[:, :24], out[:, 24:]))
+    assert abs(left - right) < 1.0
+
+
+def test_align_without_eyes_is_identity():
+    face = np.full((48, 48), 128, np.uint8)
+    assert align.eye_angle(face) == 0.0
+    assert align.align_face(face) is face
+
+
+def test_plan_phases_and_state_roundtrip():
+    plan = TrainPlan(arch="mobilenetv2", preprocessing=Preprocessing(), epochs=4, batch_size=8,
+                     lr=1e-3, frozen_epochs=2)
+    assert [plan.phase(e) for e in range(4)] == ["head", "head", "top", "top"]
+    assert plan.lr_for("top") == pytest.approx(1e-4)
+    flat = TrainPlan(arch="cnn4", preprocessing=Preprocessing(), epochs=2, batch_size=8, lr=1e-3)
+    assert flat.phase(0) == "all"
+    state = TrainState().advance({"epoch": 0, "phase": "all", "loss": 1.5})
+    assert state.next_epoch == 1
+    assert TrainState.from_json(state.to_json()) == state
+
+
+def test_folds_partition_rows():
+    batch = {"key": np.arange(10), "label": np.arange(10) % 7}
+    held = [_fold(batch, 3, f, True)["key"].tolist() for f in range(3)]
+    assert sorted(sum(held, [])) == list(range(10))
+    assert _fold(batch, 3, 0, False)["key"].tolist() == [1, 2, 4, 5, 7, 8]
+
+
+def test_cli_builds_train_config():
+    args = build_parser().parse_args([
+        "train", "--train", "data#train", "--val", "data#val", "--arch", "cnn2", "--epochs", "3",
+        "--num-workers", "2", "--output", "out", "--batch-size", "16", "--lr", "0.01",
+        "--class-weights", "balanced", "--cv-folds", "3", "--backbone-weights", "none",
+        "--align"])
+    cfg = train_config(args)
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.cv_folds) == ("cnn2", 3, 16, 0.01, 3)
+    assert cfg.class_weights == "balanced" and cfg.align and cfg.augment
+    assert cfg.checkpoints == "out/checkpoints"
+
+
+@pytest.mark.parametrize("overrides, option", [
+    ({"arch": "vgg"}, "--arch"),
+    ({"arch": None}, "--arch"),
+    ({"epochs": 0}, "--epochs"),
+    ({"num_workers": 0}, "--num-workers"),
+    ({"cv_folds": 1}, "--cv-folds"),
+    ({"lr": 0.0}, "--lr"),
+    ({"frozen_epochs": 5, "epochs": 2}, "--frozen-epochs"),
+    ({"class_weights": "inverse"}, "--class-weights"),
+])
+def test_bad_train_options_raise_naming_the_option(overrides, option):
+    values = {"train": "t", "output": "o", "arch": "cnn4", **overrides}
+    with pytest.raises(ValueError, match=option):
+        TrainConfig(**values)
+
+
+def test_cli_train_reports_bad_option(capsys):
+    assert main(["train", "--train", "t", "--output", "o", "--arch", "vgg"]) == 2
+    assert "--arch must be one of" in capsys.readouterr().err
+
+
+def test_init_from_unknown_model_is_a_plain_error(capsys, tmp_path):
+    assert main(["train", "--train", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--init-from", "no-such-model"]) == 2
+    assert "--init-from: unknown model 'no-such-model'" in capsys.readouterr().err
