@@ -1,0 +1,192 @@
+"""Items a wave could not commit: run again one at a time, then kept as "worker" error rows.
+
+Ray restarts a dead actor and re-runs its in-flight tasks, and rebuilds blocks lost
+with a node from their lineage (build_dataset sets restarts and retries), so a lost
+node costs time, not items. What retries cannot fix is an input that brings its
+worker down every time (a decoder segfault, an out-of-memory kill): its block fails
+for good. Ray Data drops such blocks, up to a small budget per wave; more failures
+than that are systemic and fail the job with the real error.
+
+After each wave the driver compares the number of items it fed with the commits it
+was told about. Only when they differ does it read this run's completion markers (a
+marker is the proof that an item's rows are written, so an item whose summary was
+lost is never redone). The items left run again in a dataset of their own, one item
+per task, so the neighbours of a bad input go through; an item that still fails is
+committed as an error row (stage "worker") under the name of its own one-item
+commit, which overwrites whatever a failed attempt left of it. Orphan part files of
+failed commits are then removed, so readers of the tables see every item once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fer_batch.config import AnnotateConfig
+from fer_batch.manifest import fill_versions
+from fer_batch.records import ITEM_COLUMNS, ItemResult, results_to_batch
+from fer_batch.registry import ModelSpec
+from fer_batch.schema import COMMITS_DIR, EMOTIONS, STAGE_WORKER
+from fer_batch.sink import COMMIT_SCHEMA, commit_id, join, remove_orphans, write_commit
+from fer_batch.sources import filesystem, retry_transient
+
+FAILED_BLOCKS_MIN = 8
+FAILED_BLOCKS_SHARE = 0.01
+TASKS_IN_FLIGHT_PER_ACTOR = 4  # twice what Ray Data 2.60 keeps in flight per actor
+ALONE_RETRIES = 1
+ALONE_MODEL_BATCH = 4  # build_dataset gives the classifier batch_size // 4 items per task: one
+ERROR_TYPE = "RetriesExhausted"
+
+
+class CommitLog:
+    """The commits a dataset reported; a retried commit reports twice and counts once."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, int] = {}
+
+    def add(self, summary: dict[str, np.ndarray]) -> int:
+        """Record one CommitWriter summary; returns how many items it newly committed."""
+        new = 0
+        for cid, n in zip(summary["commit"], summary["n_items"]):
+            if str(cid) not in self.items:
+                self.items[str(cid)] = int(n)
+                new += int(n)
+        return new
+
+    @property
+    def n_items(self) -> int:
+        return sum(self.items.values())
+
+
+def failed_blocks_budget(n_blocks: int, plan: dict[str, Any]) -> int:
+    """Blocks a wave may lose to failures that outlast Ray's retries before the job fails.
+
+    At least what the pools can hold in flight: when a node dies, Ray spends a task's
+    retries on the dead node's address before the node is declared dead (seconds), so
+    every block in flight there can fail, and that must cost a recovery, not the job.
+    """
+    in_flight = TASKS_IN_FLIGHT_PER_ACTOR * (plan["detect_actors"] + plan["classify_actors"] + 1)
+    return max(FAILED_BLOCKS_MIN, int(n_blocks * FAILED_BLOCKS_SHARE), in_flight)
+
+
+def tolerate_failed_blocks(ds: Any, budget: int) -> Any:
+    """Let `ds` drop up to `budget` failed blocks (-1: any number); its context is its own."""
+    ds.context.max_errored_blocks = budget
+    return ds
+
+
+def recover(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+            refs: list[Any], log: CommitLog) -> int:
+    """Commit every item of a finished wave that is not committed yet; returns how many.
+
+    `refs` are the wave's input blocks (ITEM_COLUMNS tables, owned by the driver) and
+    `log` the commits its dataset reported.
+    """
+    import ray
+
+    fed = sum(ray.get(ref).num_rows for ref in refs)
+    if log.n_items >= fed:
+        return 0
+    items = pa.concat_tables([ray.get(ref).select(list(ITEM_COLUMNS)) for ref in refs],
+                             promote_options="default")
+    # A video segment has no marker until its video is finalized: a short wave reruns its
+    # segments, which restages them under the same names.
+    missing = _without(items, committed_uris(cfg, run_id, items["source_uri"]))
+    if missing.num_rows:
+        missing = _with_keys(missing, cfg.storage_options)
+        alone = rerun_alone(cfg, spec, run_id, plan, missing)
+        done = _done_alone(cfg, run_id, missing, alone)
+        commit_failures(cfg, spec, run_id, missing.filter(pc.invert(done)))
+    remove_orphans(cfg.output, cfg.storage_options)
+    return missing.num_rows
+
+
+def committed_uris(cfg: AnnotateConfig, run_id: str, uris: pa.Array | pa.ChunkedArray,
+                   commits: list[str] | None = None) -> pa.Array:
+    """Which of `uris` this run's markers hold (only the markers `commits` names, if given).
+
+    A streaming scan with the filter pushed down: memory follows `uris`, not the output.
+    """
+    import pyarrow.dataset as pads
+
+    if isinstance(uris, pa.ChunkedArray):
+        uris = uris.combine_chunks()
+    fs, root = filesystem(cfg.output, cfg.storage_options)
+    folder = join(root, COMMITS_DIR)
+    if commits is None:
+        names = retry_transient(fs.ls, folder, detail=False) if fs.exists(folder) else []
+        files = [p for p in names if p.endswith(".parquet")]
+    else:
+        files = [p for p in (join(folder, f"{cid}.parquet") for cid in commits) if fs.exists(p)]
+    if not files:
+        return pa.array([], pa.string())
+    markers = pads.dataset(files, schema=COMMIT_SCHEMA, format="parquet", filesystem=fs)
+    wanted = (pc.field("run_id") == run_id) & pc.field("source_uri").isin(uris)
+    return markers.to_table(columns=["source_uri"], filter=wanted)["source_uri"].combine_chunks()
+
+
+def rerun_alone(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+                items: pa.Table) -> CommitLog:
+    """Run `items` again, one per task in every stage, with a small retry budget."""
+    import ray
+
+    from fer_batch.pipeline import build_dataset  # pipeline calls this module
+
+    alone = dataclasses.replace(cfg, files_per_task=1, batch_size=ALONE_MODEL_BATCH)
+    refs = [ray.put(items.slice(i, 1)) for i in range(items.num_rows)]
+    ds = build_dataset(alone, spec, refs, run_id, plan, task_retries=ALONE_RETRIES)
+    log = CommitLog()
+    for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
+                                                              batch_format="numpy"):
+        log.add(summary)
+    return log
+
+
+def _done_alone(cfg: AnnotateConfig, run_id: str, items: pa.Table, log: CommitLog) -> pa.Array:
+    """Which items the one-at-a-time run committed (or staged): their one-item commit was
+    reported. A reported commit of several items is read back from its marker."""
+    names = [commit_id([key]) for key in items["item_key"].to_pylist()]
+    done = pa.array([name in log.items for name in names], pa.bool_())
+    others = sorted(set(log.items) - set(names))
+    if others:
+        marked = committed_uris(cfg, run_id, items["source_uri"], commits=others)
+        done = pc.or_(done, pc.is_in(items["source_uri"], value_set=marked))
+    return done
+
+
+def commit_failures(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, items: pa.Table) -> None:
+    """Commit each item as an error row of stage "worker", one commit per item."""
+    batch = _numpy(items)
+    tries = f"{ALONE_RETRIES + 1} time{'s' if ALONE_RETRIES else ''}"
+    for i in range(items.num_rows):
+        one = {name: batch[name][i : i + 1] for name in ITEM_COLUMNS}
+        result = ItemResult()
+        result.add_error(STAGE_WORKER, ERROR_TYPE,
+                         f"no worker finished this input: its block failed after Ray's retries "
+                         f"and it failed again alone {tries} (the worker died or raised; "
+                         "see the Ray logs)")
+        row = results_to_batch(one, [result], spec.input_shape, None)
+        row.pop("crops")
+        row["scores"] = np.empty(1, dtype=object)
+        row["scores"][0] = np.zeros((0, len(EMOTIONS)), np.float32)
+        row["classify_node"] = np.array([None], dtype=object)
+        write_commit(row, cfg.output, run_id, spec.name, cfg.storage_options)
+
+
+def _with_keys(items: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
+    """Stat the items listed without size or version, so each has its final item_key (and so
+    the name of its one-item commit) before it runs again."""
+    batch = fill_versions(_numpy(items), storage_options)
+    return pa.table({name: batch[name] for name in ITEM_COLUMNS}, schema=items.schema)
+
+
+def _numpy(items: pa.Table) -> dict[str, np.ndarray]:
+    return {name: items[name].to_numpy(zero_copy_only=False) for name in ITEM_COLUMNS}
+
+
+def _without(items: pa.Table, uris: pa.Array) -> pa.Table:
+    return items.filter(pc.invert(pc.is_in(items["source_uri"], value_set=uris)))
