@@ -16,6 +16,7 @@ import numpy as np
 from fer_batch import cascade
 from fer_batch.config import HAAR_WINDOW, AnnotateConfig, DetectConfig
 from fer_batch.images import MediaError, decode_image, probe_size
+from fer_batch.manifest import fill_versions
 from fer_batch.preprocess import prepare_face, to_grey
 from fer_batch.records import ITEM_COLUMNS, N_META, ItemResult, results_to_batch
 from fer_batch.registry import ModelSpec
@@ -167,6 +168,7 @@ class FaceStage:
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = fill_versions(items, self.cfg.storage_options)
         results = []
         for i in range(len(items["source_uri"])):
             item = {name: items[name][i] for name in ITEM_COLUMNS}

@@ -7,12 +7,14 @@ summaries; images and crops never pass through it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -22,19 +24,20 @@ import pyarrow as pa
 from fer_batch.config import AnnotateConfig
 from fer_batch.faces import FaceStage
 from fer_batch.infer import ClassifyStage
-from fer_batch.records import item_key
+from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
+from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_on_workers
 from fer_batch.registry import ModelSpec, resolve_model, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
 from fer_batch.sink import (
+    CommitWriter,
     ensure_tables,
     join,
-    read_commits,
     remove_orphans,
-    CommitWriter,
 )
-from fer_batch.sources import ListingStats, check_inputs, filesystem, iter_media
+from fer_batch.sources import ListingStats, check_inputs, filesystem, iter_media, retry_transient
 
 LISTING_CHUNK = 10_000
+WAVE_ITEMS = 50_000
 MAX_BLOCK_ROWS = 32
 BLOCKS_PER_ACTOR = 8
 PROGRESS_EVERY_S = 10.0
@@ -67,6 +70,7 @@ def prepare(cfg: AnnotateConfig) -> ModelSpec:
     spec = resolve_model(cfg.model)
     weights_path(spec, cfg.storage_options)
     check_inputs(cfg.inputs, cfg.storage_options)
+    check_manifest(cfg.manifest, cfg.storage_options)
     check_output(cfg.output, cfg.storage_options)
     return spec
 
@@ -99,41 +103,53 @@ def block_rows(n_items: int | None, files_per_task: int, detect_actors: int) -> 
     return int(min(MAX_BLOCK_ROWS, max(files_per_task, per_block)))
 
 
-def stream_items(cfg: AnnotateConfig, done: set[str], stats: ListingStats,
-                 counts: dict[str, int], detect_actors: int) -> list[Any]:
-    """List inputs into small Arrow blocks in the object store, skipping items already done.
-
-    Each block becomes one detection task, so blocks must be small enough to spread
-    a small run over all actors; past the first listing chunk the run is big and
-    blocks grow to MAX_BLOCK_ROWS so the driver holds few object refs.
-    """
-    import ray
-
-    refs, chunk = [], []
-    seen: set[str] = set()
-
-    def flush(rows: int) -> None:
-        for start in range(0, len(chunk), rows):
-            refs.append(ray.put(pa.Table.from_pylist(chunk[start : start + rows])))
-        chunk.clear()
-
-    listed_all = True
+def listed_entries(cfg: AnnotateConfig, stats: ListingStats) -> Iterator[pa.Table]:
+    """Inputs then manifest entries, as ENTRY_SCHEMA tables of a bounded size."""
+    chunk: list[dict[str, Any]] = []
     for entry in iter_media(cfg.inputs, cfg.storage_options, stats):
-        if entry["source_uri"] in seen:
-            continue  # the same file reached through two inputs counts once
-        seen.add(entry["source_uri"])
-        counts["inputs"] += 1
-        key = item_key(entry["source_uri"], entry["size_bytes"], entry["version"], 0)
-        if key in done:
-            counts["skipped_done"] += 1
-            continue
-        chunk.append({**entry, "segment": 0, "seg_start_s": float("nan"),
-                      "seg_end_s": float("nan"), "item_key": key})
+        chunk.append(entry)
         if len(chunk) >= LISTING_CHUNK:
-            listed_all = False
-            flush(block_rows(None, cfg.files_per_task, detect_actors))
-    flush(block_rows(None if not listed_all else len(chunk), cfg.files_per_task, detect_actors))
-    return refs
+            yield pa.Table.from_pylist(chunk, schema=ENTRY_SCHEMA)
+            chunk = []
+    if chunk:
+        yield pa.Table.from_pylist(chunk, schema=ENTRY_SCHEMA)
+    if cfg.manifest is not None:
+        yield from iter_manifest(cfg.manifest, cfg.storage_options, stats)
+
+
+def plan_work(cfg: AnnotateConfig, plan: WorkPlan, stats: ListingStats) -> None:
+    """Spill the listing, read the markers, drop stale commits: `plan.todo()` is what is left.
+
+    A stale commit holds an input that changed since; it goes whole (marker first),
+    and all its items are redone, so no old row of a changed input survives.
+    """
+    plan.add_entries(listed_entries(cfg, stats))
+    plan.load_commits(cfg.output, cfg.storage_options)
+    stale = plan.resolve(stat_on_workers(cfg.storage_options))
+    drop_commits(cfg.output, cfg.storage_options, stale)
+
+
+def work_items(entries: pa.Table) -> pa.Table:
+    """Work items (records.ITEM_COLUMNS) for listed entries: one per image."""
+    n = len(entries)
+    return (entries.append_column("segment", pa.array(np.zeros(n, np.int64)))
+            .append_column("seg_start_s", pa.array(np.full(n, np.nan)))
+            .append_column("seg_end_s", pa.array(np.full(n, np.nan))))
+
+
+def blocks(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Re-cut a stream of tables into blocks of exactly `rows` rows (the last may be short)."""
+    pending: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        pending.append(table)
+        held += len(table)
+        while held >= rows:
+            merged = pa.concat_tables(pending)
+            yield merged.slice(0, rows).combine_chunks()
+            pending, held = [merged.slice(rows)], held - rows
+    if held:
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
@@ -212,45 +228,53 @@ def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     if cfg.overwrite:
         clear_output(cfg.output, cfg.storage_options)
     remove_orphans(cfg.output, cfg.storage_options)
-    done = set(read_commits(cfg.output, cfg.storage_options).column("item_key").to_pylist())
     stats = ListingStats()
-    counts = {"inputs": 0, "skipped_done": 0}
     plan = plan_resources(cfg)
-    refs = stream_items(cfg, done, stats, counts, plan["detect_actors"])
-    todo = counts["inputs"] - counts["skipped_done"]
-    if refs:
+    with WorkPlan() as work:
+        plan_work(cfg, work, stats)
+        counts = dict(work.counts)
+        run_waves(cfg, spec, run_id, plan, work)
+    ensure_tables(cfg.output, cfg.storage_options)
+    record = run_record(cfg, spec, run_id, started, counts, stats, plan)
+    fs, root = filesystem(cfg.output, cfg.storage_options)
+
+    def write_record() -> None:
+        with fs.open(join(root, RUN_RECORD), "w") as f:
+            json.dump(record, f, indent=2, default=str)
+
+    retry_transient(write_record)
+    return record
+
+
+def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+              work: WorkPlan) -> None:
+    """Feed the work left to Ray in waves of at most WAVE_ITEMS items.
+
+    Each wave is one dataset over at most WAVE_ITEMS / rows object refs, so neither
+    the driver's refs nor the object store grow with the archive.
+    """
+    import ray
+
+    todo = work.counts["todo"]
+    rows = block_rows(todo, cfg.files_per_task, plan["detect_actors"])
+    stream = blocks((work_items(t) for t in work.todo()), rows)
+    finished_items, last = 0, time.time()
+    while refs := [ray.put(block) for block in itertools.islice(stream, WAVE_ITEMS // rows)]:
         ds = build_dataset(cfg, spec, refs, run_id, plan)
-        finished_items, last = 0, time.time()
         for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
             finished_items += int(np.sum(summary["n_items"]))
             if cfg.progress and time.time() - last > PROGRESS_EVERY_S:
                 last = time.time()
                 print(f"[fer-batch] {finished_items}/{todo} files committed", file=sys.stderr)
-    ensure_tables(cfg.output, cfg.storage_options)
-    record = run_record(cfg, spec, run_id, started, counts, stats, plan)
-    fs, root = filesystem(cfg.output, cfg.storage_options)
-    with fs.open(join(root, RUN_RECORD), "w") as f:
-        json.dump(record, f, indent=2, default=str)
-    return record
+        del refs, ds
 
 
 def run_record(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, started: float,
                counts: dict[str, int], stats: ListingStats, plan: dict[str, Any]) -> dict:
     """The run's provenance and counts; everything here is checkable against the tables."""
-    commits = read_commits(cfg.output, cfg.storage_options).to_pandas()
-    mine = commits[commits["run_id"] == run_id]
+    summary = commit_summary(cfg.output, cfg.storage_options, run_id)
     wall = time.time() - started
-
-    def tally(frame: Any) -> dict[str, int]:
-        return {
-            "media": int(len(frame)),
-            "ok": int((frame["status"] == "ok").sum()),
-            "partial": int((frame["status"] == "partial").sum()),
-            "errors": int((frame["status"] == "error").sum()),
-            "faces": int(frame["n_faces"].sum()),
-        }
-
-    this_run = tally(mine)
+    this_run = summary["this_run"]
     return {
         "run_id": run_id,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -264,27 +288,24 @@ def run_record(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, started: float
             "inputs": counts["inputs"],
             "skipped_non_media": stats.skipped_non_media,
             "skipped_done": counts["skipped_done"],
+            "stale_commits_dropped": counts["stale_commits"],
             "processed": this_run["media"],
             "ok": this_run["ok"],
             "partial": this_run["partial"],
             "errors": this_run["errors"],
             "faces": this_run["faces"],
         },
-        "totals": tally(commits),
+        "totals": summary["totals"],
         "throughput": {
             "files_per_s": round(this_run["media"] / wall, 3) if wall else None,
             "faces_per_s": round(this_run["faces"] / wall, 3) if wall else None,
         },
         "placement": {
-            "detect": _per_node(mine, "detect_node"),
-            "classify": _per_node(mine, "classify_node"),
+            "detect": summary["detect"],
+            "classify": summary["classify"],
         },
         "resources": plan,
     }
-
-
-def _per_node(frame: Any, column: str) -> dict[str, dict[str, int]]:
-    return {str(node): {"items": int(n)} for node, n in frame.groupby(column).size().items()}
 
 
 def _version(name: str) -> str | None:

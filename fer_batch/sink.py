@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fer_batch.paths import child
 from fer_batch.records import N_META
 from fer_batch.schema import (
     COMMITS_DIR,
@@ -32,7 +33,7 @@ from fer_batch.schema import (
     SCHEMAS,
     TABLES,
 )
-from fer_batch.sources import filesystem
+from fer_batch.sources import filesystem, redact, retry_transient
 
 COMMIT_SCHEMA = pa.schema(
     [
@@ -164,8 +165,12 @@ def write_table(fs: Any, path: str, table: pa.Table) -> None:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
+
+    def put() -> None:  # one PUT: a retry after a transient error rewrites it whole
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+
+    retry_transient(put)
 
 
 def write_commit(
@@ -182,9 +187,9 @@ def write_commit(
         **(extra_tables or {}),
     }
     for name, table in tables.items():
-        write_table(fs, join(root, name, f"part-{cid}.parquet"), table)
+        write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
     marker = commit_table(batch, run_id)
-    write_table(fs, join(root, COMMITS_DIR, f"{cid}.parquet"), marker)
+    write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
     return {"commit": np.array([cid]), "n_items": np.array([len(marker)])}
 
 
@@ -210,7 +215,7 @@ def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
             base = os.path.basename(part)
             cid = base.removeprefix("part-").split(".")[0]
             if base.endswith(".tmp") or (cid not in done and cid != "empty"):
-                fs.rm(part)
+                retry_transient(fs.rm, part)
                 removed += 1
     return removed
 
@@ -241,4 +246,7 @@ class CommitWriter:
                        "storage_options": storage_options}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        secrets = self.kwargs["storage_options"]  # error text from a store must not leak keys
+        batch = {**batch, "errors_json": np.array([redact(str(t), secrets)
+                                                   for t in batch["errors_json"]], dtype=object)}
         return write_commit(batch, **self.kwargs)

@@ -8,15 +8,18 @@ ETag) so a resumed run can tell a finished input from a changed one.
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fer_batch.schema import media_type_of
 
 _GLOB_CHARS = frozenset("*?[")
 TRANSIENT_ATTEMPTS = 5
+RETRY_BASE_S = 0.25
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,7 +52,12 @@ def check_inputs(inputs: tuple[str, ...], storage_options: dict[str, Any]) -> No
     """Every input must exist (or, for a glob, match something) before anything starts."""
     for uri in inputs:
         fs, path = filesystem(uri, storage_options)
-        exists = bool(fs.glob(path)) if _has_glob(uri) else fs.exists(path)
+        try:
+            exists = bool(retry_transient(fs.glob, path)) if _has_glob(uri) else retry_transient(
+                fs.exists, path)
+        except PermissionError as e:
+            raise ValueError(f"INPUT cannot be read (permission denied: "
+                             f"{redact(str(e), storage_options)}): {uri!r}") from None
         if not exists:
             raise ValueError(f"INPUT does not exist: {uri!r}")
 
@@ -83,24 +91,63 @@ def iter_media(
     for uri in inputs:
         fs, path = filesystem(uri, storage_options)
         if _has_glob(uri):
-            for match, info in sorted(fs.glob(path, detail=True).items()):
+            for match, info in sorted(retry_transient(fs.glob, path, detail=True).items()):
                 if info.get("type") == "directory":
                     yield from _walk(fs, match, stats)
                 elif (item := _entry(fs, match, info, stats)) is not None:
                     yield item
-        elif fs.isdir(path):
+        elif retry_transient(fs.isdir, path):
             yield from _walk(fs, path, stats)
-        elif (item := _entry(fs, path, fs.info(path), stats)) is not None:
+        elif (item := _entry(fs, path, retry_transient(fs.info, path), stats)) is not None:
             yield item
 
 
 def _walk(fs: Any, root: str, stats: ListingStats) -> Iterator[dict[str, Any]]:
-    for dirpath, _dirs, files in fs.walk(root, detail=True):
-        for name in sorted(files):
-            info = files[name]
-            path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
-            if (item := _entry(fs, path, info, stats)) is not None:
+    """Every file under `root`, sorted; one directory (or one page) in memory at a time."""
+    if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):  # s3fs: flat, paginated
+        for info in _iter_prefix(fs, root):
+            if (item := _entry(fs, info["name"], info, stats)) is not None:
                 yield item
+        return
+    pending = [root]
+    while pending:
+        path = pending.pop()
+        listing = sorted(retry_transient(fs.ls, path, detail=True), key=lambda i: i["name"])
+        fs.invalidate_cache(path)  # fsspec caches listings; a big archive must not pile up
+        for info in listing:
+            if info.get("type") != "directory":
+                if (item := _entry(fs, info["name"], info, stats)) is not None:
+                    yield item
+        pending.extend(reversed([i["name"] for i in listing if i.get("type") == "directory"
+                                 and i["name"].rstrip("/") != path.rstrip("/")]))
+
+
+LIST_PAGE = 1000
+
+
+def _iter_prefix(fs: Any, root: str) -> Iterator[dict[str, Any]]:
+    """Objects under an s3fs prefix in key order, pulled one page at a time.
+
+    A flat listing (no delimiter) also finds keys a directory walk cannot reach,
+    such as ``in//x.jpg``; s3fs retries each page request on transient errors.
+    """
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(root)
+    prefix = f"{key.rstrip('/')}/" if key else ""
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def next_page() -> list[dict[str, Any]]:
+        page = []
+        try:
+            while len(page) < LIST_PAGE:
+                page.append(await pages.__anext__())
+        except StopAsyncIteration:
+            pass
+        return page
+
+    while page := sync(fs.loop, next_page):
+        yield from (info for info in page if info.get("type") == "file")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -115,15 +162,56 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
-def read_bytes(uri: str, storage_options: dict[str, Any], max_bytes: int | None = None) -> bytes:
-    """Whole object bytes, retrying transient store errors with exponential backoff."""
+def retry_transient(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call `fn`, retrying transient store errors with exponential backoff.
+
+    Listing, reading and writing all go through here; permanent errors (403, 404)
+    propagate at once so they become error rows (or, in the driver, fail the run).
+    """
     for attempt in range(TRANSIENT_ATTEMPTS):
         try:
-            fs, path = filesystem(uri, storage_options)
-            with fs.open(path, "rb") as f:
-                return f.read() if max_bytes is None else f.read(max_bytes)
+            return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - classified below; permanent ones propagate
             if attempt == TRANSIENT_ATTEMPTS - 1 or not is_transient(e):
                 raise
-            time.sleep(min(8.0, 0.25 * 2**attempt))
+            time.sleep(min(8.0, RETRY_BASE_S * 2**attempt))
     raise AssertionError("unreachable")
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """Whole object bytes, retrying transient store errors with exponential backoff."""
+
+    def read() -> bytes:
+        fs, path = filesystem(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            return f.read() if max_bytes is None else f.read(max_bytes)
+
+    return retry_transient(read)
+
+
+def stat_object(uri: str, storage_options: dict[str, Any]) -> tuple[int, str]:
+    """(size, version) of one object, as the listing would report them."""
+    fs, path = filesystem(uri, storage_options)
+    info = retry_transient(fs.info, path)
+    return int(info.get("size") or 0), _version(info)
+
+
+_SECRET_NAME = re.compile(r"key|secret|token|passw|credential|signature", re.IGNORECASE)
+
+
+def secret_values(storage_options: dict[str, Any]) -> list[str]:
+    """String values of storage options whose names look secret, nested ones included."""
+    found = []
+    for name, value in storage_options.items():
+        if isinstance(value, dict):
+            found.extend(secret_values(value))
+        elif isinstance(value, str) and value and _SECRET_NAME.search(str(name)):
+            found.append(value)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, storage_options: dict[str, Any]) -> str:
+    """`text` with every secret storage option value replaced by ***."""
+    for value in secret_values(storage_options):
+        text = text.replace(value, "***")
+    return text

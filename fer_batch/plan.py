@@ -1,0 +1,283 @@
+"""What a run has left to do, worked out on disk so driver memory stays flat.
+
+The listing (or manifest) is spilled chunk by chunk into a DuckDB database under a
+temporary folder, next to the output's completion markers. Deduplication, the
+anti-join against finished work and the search for stale commits (an input whose
+size or version changed since it was committed) are SQL over that database with a
+memory limit; the work left is streamed back in record batches. Nothing here
+holds one Python object per input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from fer_batch.manifest import ENTRY_SCHEMA
+from fer_batch.paths import child
+from fer_batch.schema import COMMITS_DIR, TABLES
+from fer_batch.sink import join
+from fer_batch.sources import filesystem, retry_transient
+
+MEMORY_LIMIT = "256MB"
+TODO_BATCH_ROWS = 4096
+STAT_BATCH_ROWS = 256
+StatFn = Callable[[Iterator[pa.Table]], Iterator[pa.Table]]
+
+_VKEY = "source_uri || '|' || CAST(size_bytes AS VARCHAR) || '|' || version"
+_TODO = """
+    SELECT ord, source_uri, media_type, coalesce(size_bytes, -1) AS size_bytes,
+           coalesce(version, '') AS version, coalesce(vkey || '|0', '') AS item_key
+    FROM work w
+    WHERE vkey IS NULL
+       OR NOT EXISTS (SELECT 1 FROM done d WHERE d.source_uri = w.source_uri AND d.vkey = w.vkey)
+"""
+
+
+def _protocol(fs: Any) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+class WorkPlan:
+    """Dedup + resume planning for one run, in a DuckDB file that is deleted on close."""
+
+    def __init__(self, memory_limit: str = MEMORY_LIMIT, workdir: str | None = None) -> None:
+        import duckdb
+
+        self.dir = tempfile.mkdtemp(prefix="fer-batch-plan-", dir=workdir)
+        self.con = duckdb.connect(os.path.join(self.dir, "plan.duckdb"))
+        self._exec(f"SET memory_limit = '{memory_limit}'")
+        self._exec(f"SET temp_directory = '{os.path.join(self.dir, 'spill')}'")
+        self._exec("SET preserve_insertion_order = false")
+        self._exec("CREATE TABLE cand (ord BIGINT, source_uri VARCHAR, media_type VARCHAR,"
+                         " size_bytes BIGINT, version VARCHAR)")
+        self._exec("CREATE TABLE done (commit_id VARCHAR, source_uri VARCHAR,"
+                         " media_type VARCHAR, vkey VARCHAR)")
+        self._rows = 0
+        self.counts = {"inputs": 0, "skipped_done": 0, "stale_commits": 0, "todo": 0}
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> WorkPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_entries(self, tables: Iterable[pa.Table]) -> None:
+        """Append listed inputs (ENTRY_SCHEMA tables, any size) in listing order."""
+        for table in tables:
+            chunk = table.cast(ENTRY_SCHEMA)
+            ords = pa.array(range(self._rows, self._rows + len(chunk)), pa.int64())
+            chunk = chunk.add_column(0, "ord", ords)
+            self.con.register("chunk", chunk)
+            self._exec("INSERT INTO cand SELECT * FROM chunk")
+            self.con.unregister("chunk")
+            self._rows += len(chunk)
+
+    def load_commits(self, output: str, storage_options: dict[str, Any]) -> None:
+        """Read every completion marker of `output` (one row per committed item)."""
+        markers = markers_relation(self.con, output, storage_options)
+        if markers is None:
+            return
+
+        def load() -> None:
+            self._exec("DELETE FROM done")
+            self._exec(
+                "INSERT INTO done SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1),"
+                " source_uri, media_type, regexp_replace(item_key, '\\|[^|]*$', '')"
+                f" FROM {markers}")
+
+        retry_transient(load)
+
+    def resolve(self, stat: StatFn) -> list[str]:
+        """Dedup the inputs, learn unknown versions of committed ones, find stale commits.
+
+        `stat` maps tables of source_uri to tables of (source_uri, size_bytes, version);
+        the pipeline runs it on Ray workers. Returns the ids of commits to drop: they
+        hold an input whose size or version changed, and every item in them is redone.
+        """
+        self._exec("""CREATE TABLE items AS SELECT * FROM cand
+            QUALIFY row_number() OVER (PARTITION BY source_uri ORDER BY ord) = 1""")
+        self._exec("DROP TABLE cand")
+        self._stat_unknown(stat)
+        self._exec(f"""CREATE TABLE work AS SELECT *, TRUE AS listed,
+            CASE WHEN size_bytes IS NULL OR version IS NULL THEN NULL ELSE {_VKEY} END AS vkey
+            FROM items""")
+        self._exec("DROP TABLE items")
+        stale = [row[0] for row in self._exec("""
+            SELECT DISTINCT d.commit_id FROM done d JOIN work w USING (source_uri)
+            WHERE w.vkey IS NOT NULL AND d.vkey <> w.vkey ORDER BY 1""")]
+        if stale:
+            self.con.register("stale", pa.table({"commit_id": pa.array(stale, pa.string())}))
+            # Items of a dropped commit that this run did not list are redone too.
+            self._exec("""INSERT INTO work
+                SELECT (SELECT coalesce(max(ord), 0) FROM work) + row_number()
+                           OVER (ORDER BY source_uri),
+                       source_uri, any_value(media_type), NULL, NULL, FALSE, NULL
+                FROM done
+                WHERE commit_id IN (SELECT commit_id FROM stale)
+                  AND source_uri NOT IN (SELECT source_uri FROM work)
+                GROUP BY source_uri""")
+            self._exec("DELETE FROM done WHERE commit_id IN (SELECT commit_id FROM stale)")
+            self.con.unregister("stale")
+        self.counts["stale_commits"] = len(stale)
+        self.counts["inputs"] = self._count("SELECT count(*) FROM work WHERE listed")
+        self.counts["todo"] = self._count(f"SELECT count(*) FROM ({_TODO})")
+        self.counts["skipped_done"] = self.counts["inputs"] - self._count(
+            f"SELECT count(*) FROM ({_TODO}) t JOIN work USING (source_uri) WHERE listed")
+        return stale
+
+    def _stat_unknown(self, stat: StatFn) -> None:
+        """Stat inputs with no size/version that have a commit: were they changed?"""
+        import pyarrow.parquet as pq
+
+        need = os.path.join(self.dir, "need.parquet")
+        self._exec(f"""COPY (SELECT source_uri FROM items i
+            WHERE (size_bytes IS NULL OR version IS NULL)
+              AND EXISTS (SELECT 1 FROM done d WHERE d.source_uri = i.source_uri))
+            TO '{_sql_str(need)}' (FORMAT parquet)""")
+        batches = (pa.Table.from_batches([b]) for b in
+                   pq.ParquetFile(need).iter_batches(batch_size=STAT_BATCH_ROWS))
+        self._exec("CREATE TABLE stat (source_uri VARCHAR, size_bytes BIGINT,"
+                         " version VARCHAR)")
+        for result in stat(batches):
+            self.con.register("result", result)
+            self._exec("INSERT INTO stat SELECT source_uri, size_bytes, version"
+                             " FROM result")
+            self.con.unregister("result")
+        self._exec("""UPDATE items SET size_bytes = s.size_bytes, version = s.version
+            FROM stat s WHERE items.source_uri = s.source_uri""")
+
+    def todo(self, rows: int = TODO_BATCH_ROWS) -> Iterator[pa.Table]:
+        """The work left, in listing order, as tables of at most `rows` rows.
+
+        DuckDB sorts it into a Parquet spill file (an external sort, under the memory
+        limit), which is then read one row group at a time: a streamed query result
+        would hold the whole sorted result in memory.
+        """
+        import pyarrow.parquet as pq
+
+        path = os.path.join(self.dir, "todo.parquet")
+        self._exec(f"COPY (SELECT * EXCLUDE (ord) FROM ({_TODO}) ORDER BY ord) "
+                   f"TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})")
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            yield pa.Table.from_batches([batch])
+
+    def _exec(self, sql: str) -> list[tuple]:
+        """Run one statement to completion (DuckDB allows one pending result)."""
+        return self.con.execute(sql).fetchall()
+
+    def _count(self, sql: str) -> int:
+        return int(self._exec(sql)[0][0])
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def drop_commits(output: str, storage_options: dict[str, Any], commit_ids: list[str]) -> None:
+    """Delete whole commits: the marker first, so a kill midway leaves only orphans."""
+    fs, root = filesystem(output, storage_options)
+    for cid in commit_ids:
+        for name in (COMMITS_DIR, *TABLES):
+            path = child(root, name, f"{cid}.parquet" if name == COMMITS_DIR
+                         else f"part-{cid}.parquet")
+            if retry_transient(fs.exists, path):
+                retry_transient(fs.rm, path)
+
+
+def markers_relation(con: Any, output: str, storage_options: dict[str, Any]) -> str | None:
+    """SQL naming every completion marker of `output` for DuckDB; None when there are none."""
+    fs, root = filesystem(output, storage_options)
+    path = join(root, COMMITS_DIR)
+    if not retry_transient(fs.exists, path):
+        return None
+    if not any(p.endswith(".parquet") for p in retry_transient(fs.ls, path, detail=False)):
+        return None
+    pattern = join(path, "*.parquet")
+    if _protocol(fs) not in ("file", "local"):
+        con.register_filesystem(fs)  # through fsspec: no DuckDB extension download
+        pattern = f"{_protocol(fs)}://{pattern}"
+    return f"read_parquet('{_sql_str(pattern)}', filename = true, union_by_name = true)"
+
+
+_TALLY = """count(*), count(*) FILTER (WHERE status = 'ok'),
+    count(*) FILTER (WHERE status = 'partial'), count(*) FILTER (WHERE status = 'error'),
+    coalesce(sum(n_faces), 0)"""
+
+
+def commit_summary(output: str, storage_options: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Tallies of every commit and of this run's, and where this run's items ran."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'").fetchall()
+    markers = retry_transient(markers_relation, con, output, storage_options)
+    empty = {"totals": _tally((0, 0, 0, 0, 0)), "this_run": _tally((0, 0, 0, 0, 0)),
+             "detect": {}, "classify": {}}
+    if markers is None:
+        return empty
+    run = f"run_id = '{_sql_str(run_id)}'"
+    out = {"totals": _tally(con.execute(f"SELECT {_TALLY} FROM {markers}").fetchall()[0]),
+           "this_run": _tally(con.execute(
+               f"SELECT {_TALLY} FROM {markers} WHERE {run}").fetchall()[0])}
+    for stage in ("detect", "classify"):
+        rows = con.execute(f"SELECT {stage}_node, count(*) FROM {markers} WHERE {run} "
+                           "GROUP BY 1 ORDER BY 1").fetchall()
+        out[stage] = {str(node): {"items": int(n)} for node, n in rows}
+    con.close()
+    return out
+
+
+def _tally(row: tuple) -> dict[str, int]:
+    return dict(zip(("media", "ok", "partial", "errors", "faces"), (int(v) for v in row)))
+
+
+def stat_table(table: pa.Table, storage_options: dict[str, Any]) -> pa.Table:
+    """(source_uri, size_bytes, version) for each URI; (0, '') when it cannot be stat'ed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fer_batch.sources import stat_object
+
+    def one(uri: str) -> tuple[int, str]:
+        try:
+            return stat_object(uri, storage_options)
+        except Exception:  # noqa: BLE001 - a missing object is redone and becomes an error row
+            return 0, ""
+
+    uris = table.column("source_uri").to_pylist()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, uris))
+    return pa.table({"source_uri": pa.array(uris, pa.string()),
+                     "size_bytes": pa.array([r[0] for r in results], pa.int64()),
+                     "version": pa.array([r[1] for r in results], pa.string())})
+
+
+def stat_on_workers(storage_options: dict[str, Any], in_flight: int = 8) -> StatFn:
+    """A StatFn running `stat_table` as Ray tasks, at most `in_flight` at a time.
+
+    It runs before any detection actor exists, so the tasks find free CPUs.
+    """
+
+    def stat(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        import ray
+
+        task = ray.remote(num_cpus=0.25, max_retries=3)(stat_table)
+        pending: list[Any] = []
+        for table in tables:
+            pending.append(task.remote(table, storage_options))
+            if len(pending) >= in_flight:
+                ready, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(ready[0])
+        for ref in pending:
+            yield ray.get(ref)
+
+    return stat
