@@ -173,8 +173,9 @@ def _known_versions(batch: pa.Table) -> tuple[pa.Array, pa.Array]:
     n = len(batch)
     if "size_bytes" not in batch.column_names or "version" not in batch.column_names:
         return pa.nulls(n, pa.int64()), pa.nulls(n, pa.string())
-    size = pc.cast(pc.utf8_trim_whitespace(pc.cast(batch.column("size_bytes"), pa.string())),
-                   pa.int64(), safe=False) if n else pa.array([], pa.int64())
+    text = pc.utf8_trim_whitespace(pc.cast(batch.column("size_bytes"), pa.string()))
+    digits = pc.match_substring_regex(text, r"^[0-9]+$")  # anything else: ask a stat
+    size = pc.cast(pc.if_else(digits, text, None), pa.int64())
     version = pc.utf8_trim(pc.cast(batch.column("version"), pa.string()), characters='" ')
     known = pc.and_(pc.is_valid(size), pc.is_valid(version))
     return pc.if_else(known, size, None), pc.if_else(known, version, None)

@@ -48,12 +48,13 @@ def test_gzipped_text_manifest(tmp_path):
 
 def test_parquet_manifest_with_size_and_etag(tmp_path):
     path = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"n": [1, 2, 3], "source_uri": ["s3://b/a.jpg", "s3://b/b.jpg",
-                                                             "s3://b/c.jpg"],
-                             "size": [10, None, 30], "ETag": ['"e1"', "e2", None]}), path)
+    pq.write_table(pa.table({"n": [1, 2, 3, 4], "source_uri": [f"s3://b/{c}.jpg" for c in "abcd"],
+                             "size": ["10", None, "30", "n/a"],
+                             "ETag": ['"e1"', "e2", None, "e4"]}), path)
     rows = entries(path)[:-1]
     assert [(r["source_uri"], r["size_bytes"], r["version"]) for r in rows] == [
-        ("s3://b/a.jpg", 10, "e1"), ("s3://b/b.jpg", None, None), ("s3://b/c.jpg", None, None)]
+        ("s3://b/a.jpg", 10, "e1"), ("s3://b/b.jpg", None, None), ("s3://b/c.jpg", None, None),
+        ("s3://b/d.jpg", None, None)]  # an unreadable size means "stat it", not a failure
 
 
 def test_csv_manifest_first_column_and_relative_paths(tmp_path):
