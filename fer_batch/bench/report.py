@@ -1,0 +1,93 @@
+"""The bench's outputs: the JSON with every figure, a bar chart, and a comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HEADLINES = (
+    "ceiling.files_per_s",
+    "ceiling.faces_per_s",
+    "end_to_end.warm.files_per_s",
+    "end_to_end.warm.efficiency",
+    "end_to_end.cold.files_per_s",
+    "end_to_end.cold.efficiency",
+    "memory.driver_growth",
+    "memory.actor_growth",
+    "peers.fer.speed_ratio_cold",
+    "peers.fer.share_of_fer_faces_we_found",
+)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Every numeric leaf as {"dotted.path": value}."""
+    if isinstance(tree, dict):
+        out: dict[str, float] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix.rstrip("."): float(tree)}
+    return {}
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """One line per figure that differs between the runs: old -> new and the relative change."""
+    before, after = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(before.keys() & after.keys()):
+        a, b = before[key], after[key]
+        if a == b or key.startswith(("host.", "input.", "version")):
+            continue
+        change = f"{(b - a) / abs(a):+.1%}" if a else "n/a"
+        lines.append(f"{key:60} {a:12.4g} -> {b:12.4g}  {change}")
+    return lines
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    """The headline figures, one per line, for the terminal."""
+    flat = flatten(result)
+    lines = [f"{key:45} {flat[key]:.4g}" for key in HEADLINES if key in flat]
+    for section in ("peers", "gpu", "video"):
+        skipped = result.get(section, {}).get("skipped")
+        if skipped:
+            lines.append(f"{section} skipped: {skipped}")
+    return lines
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    """Horizontal bars in files/s on all cores: each step alone, the ceiling, end to end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cores = result["ceiling"]["cores"]
+    per = result["stages"]["per_file"]
+    classify_s = result["ceiling"]["per_file_classify_s"]
+    bars = {f"{step} alone": cores / per[step] for step in ("decode", "detect", "crop")}
+    if classify_s > 0:
+        bars["classify alone"] = cores / classify_s
+    bars["ceiling"] = result["ceiling"]["files_per_s"]
+    for run in ("warm", "cold"):
+        bars[f"end to end ({run})"] = result["end_to_end"][run]["files_per_s"]
+    colors = ["#8da0cb"] * (len(bars) - 3) + ["#333333", "#66c2a5", "#fc8d62"]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.2))
+    names = list(bars)[::-1]
+    ax.barh(names, [bars[n] for n in names], color=colors[::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel(f"files/s on {cores} cores (log scale)")
+    ax.set_title(f"fer-batch bench: {result['input']['files']} files, "
+                 f"efficiency {result['end_to_end']['warm']['efficiency']:.2f} (warm)")
+    for i, name in enumerate(names):
+        ax.text(bars[name], i, f" {bars[name]:.3g}", va="center", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

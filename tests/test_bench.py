@@ -1,0 +1,110 @@
+"""`fer-batch bench`: pure helpers on small arrays, and one smoke run of the real command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fer_batch.bench import BenchConfig
+from fer_batch.bench.peers import iou, matched
+from fer_batch.bench.report import compare, flatten
+from fer_batch.bench.stages import ceiling, group_copies, pick_sample
+
+# Figures that may rightly be zero: counts of things absent, growth at a single size, the
+# core the stage process was pinned to.
+MAY_BE_ZERO = ("errors", "videos", "pinned_core", "driver_growth", "actor_growth")
+
+
+def test_iou_and_greedy_matching():
+    a = np.array([[0, 0, 10, 10]])
+    assert iou(a, np.array([[0, 0, 10, 10], [5, 0, 10, 10], [20, 20, 5, 5]])).round(3).tolist() \
+        == [[1.0, 0.333, 0.0]]
+    theirs = [[0, 0, 10, 10], [100, 100, 20, 20]]
+    assert matched(theirs, [[1, 1, 10, 10], [0, 0, 9, 9]]) == 1  # one of ours per theirs
+    assert matched(theirs, [[1, 1, 10, 10], [102, 98, 20, 20]]) == 2
+    assert matched(theirs, []) == 0
+
+
+def test_copies_are_timed_once_and_samples_spread():
+    entries = [{"source_uri": f"/a/c{c}/{name}", "size_bytes": size}
+               for c in range(3) for name, size in (("x.jpg", 10), ("y.jpg", 20))]
+    groups = group_copies(entries)
+    assert sorted(len(g) for g in groups.values()) == [3, 3]
+    assert pick_sample(list(range(10)), 4) == [0, 2, 5, 7]
+    assert pick_sample([1, 2], 5) == [1, 2]
+
+
+def test_ceiling_is_cores_over_per_file_core_seconds():
+    stages = {"per_file": {"decode": 0.01, "detect": 0.08, "crop": 0.002, "faces": 2.0,
+                           "frames": 1.0},
+              "classify": {"per_face_s": {"256": 0.004}}}
+    ceil = ceiling(stages, cores=4, batch_size=256)
+    assert ceil["per_file_s"] == pytest.approx(0.1)
+    assert ceil["files_per_s"] == pytest.approx(40.0)
+    assert ceil["faces_per_s"] == pytest.approx(80.0)
+
+
+def test_compare_lists_numeric_changes():
+    old = {"ceiling": {"files_per_s": 10.0}, "host": {"cpus": 2}, "notes": ["x"]}
+    new = {"ceiling": {"files_per_s": 12.5}, "host": {"cpus": 4}}
+    assert flatten(new) == {"ceiling.files_per_s": 12.5, "host.cpus": 4.0}
+    (line,) = compare(old, new)
+    assert line.startswith("ceiling.files_per_s") and line.endswith("+25.0%")
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"output": "bench.txt"}, "--output"),
+    ({"growth": (4, 16)}, "--growth"),
+    ({"batch_sizes": (0,)}, "--batch-sizes"),
+    ({"repeat": 0}, "--repeat"),
+])
+def test_bad_options_name_the_option(kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        BenchConfig(**kwargs)
+
+
+def test_pipeline_batch_size_is_always_swept():
+    assert BenchConfig(batch_size=100, batch_sizes=(16,)).swept_batch_sizes == (16, 100)
+
+
+@pytest.mark.slow
+def test_bench_smoke_on_three_demo_images(tmp_path):
+    from fer_batch.demo import build_archive
+
+    build_archive(tmp_path / "demo")
+    images = tmp_path / "in"
+    images.mkdir()
+    for name in ("scenes/astronaut.png", "phone/IMG_0001.JPG", "phone/portrait_grey.jpg"):
+        shutil.copy(tmp_path / "demo" / name, images)
+    out = tmp_path / "bench" / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fer_batch.cli", "bench", "--input", str(images), "--output",
+         str(out), "--growth", "1", "--repeat", "1"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    for section in ("host", "input", "stages", "ceiling", "end_to_end", "memory", "peers",
+                    "gpu", "video"):
+        assert section in result, section
+    assert set(result["stages"]["classify"]["per_face_s"]) == {"16", "64", "256"}
+    assert {"decode", "detect", "crop"} <= set(result["stages"]["rates_per_core"]["files_per_s"])
+    for run in ("cold", "warm"):
+        e2e = result["end_to_end"][run]
+        assert e2e["files"] == 3 and e2e["frames"] == 3
+        assert set(e2e["memory"]["actor_peak_rss_mb_by_stage"]) == {
+            "FaceStage", "ClassifyStage", "CommitWriter"}
+    # The stage loop follows the pipeline step by step, so it finds the same faces.
+    per_file = result["stages"]["per_file"]
+    assert per_file["faces"] * 3 == pytest.approx(result["end_to_end"]["warm"]["faces"])
+    figures = flatten({k: v for k, v in result.items() if k != "host"})
+    assert len(figures) > 40
+    not_positive = {k: v for k, v in figures.items()
+                    if not v > 0 and not k.endswith(MAY_BE_ZERO)}
+    assert not not_positive
+    assert result["peers"]["skipped"] and result["video"]["skipped"]
