@@ -219,6 +219,58 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("bench", "measure stage rates, the hardware ceiling, end-to-end speed and memory")
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", default=[], metavar="INPUT",
+                   help="folder, file, glob or URL to measure on, repeatable "
+                        "(default: the demo archive)")
+    p.add_argument("--output", "-o", default="bench-out/bench.json",
+                   help="JSON with every figure; the PNG chart is written beside it")
+    p.add_argument("--model", default="fer-mini-xception")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="faces per model call in the end-to-end runs and the ceiling")
+    p.add_argument("--batch-sizes", default="16,64,256",
+                   help="classification batch sizes to time on one core")
+    p.add_argument("--growth", default="1,4,16",
+                   help="archive multiples (copies of the input) for the memory runs")
+    p.add_argument("--peers", action="store_true", help="also run the fer package's loop")
+    p.add_argument("--peer-python", default=None,
+                   help="Python that has `fer` installed (default: this one)")
+    p.add_argument("--compare", default=None, metavar="OLD.json",
+                   help="print the change against an earlier bench JSON")
+    p.add_argument("--stage-sample", type=int, default=200,
+                   help="most distinct files to time stage by stage")
+    p.add_argument("--repeat", type=int, default=2, help="timed passes per stage (best kept)")
+    p.add_argument("--video-fps", type=float, default=1.0)
+    p.add_argument("--gpu-batch-sizes", default="64,128,256,512,1024")
+    p.add_argument("--detector", default="haar", choices=DETECTORS)
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise ValueError(f"{option} must be comma-separated integers; received: {text!r}") from e
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from fer_batch import bench
+
+    bench.run_bench(bench.BenchConfig(
+        inputs=tuple(args.input), output=args.output, model=args.model,
+        batch_size=args.batch_size, batch_sizes=_int_list("--batch-sizes", args.batch_sizes),
+        growth=_int_list("--growth", args.growth), peers=args.peers,
+        peer_python=args.peer_python, compare=args.compare, stage_sample=args.stage_sample,
+        repeat=args.repeat, video_fps=args.video_fps,
+        gpu_batch_sizes=_int_list("--gpu-batch-sizes", args.gpu_batch_sizes),
+        detect=DetectConfig(detector=args.detector, max_side=args.max_side,
+                            min_face=args.min_face, max_pixels=args.max_pixels)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-batch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
