@@ -32,6 +32,7 @@ def plot_curves(history: tuple[dict[str, Any], ...], path: Path) -> None:
     """Loss and accuracy per epoch, training (augmented) and validation."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
@@ -42,6 +43,7 @@ def plot_curves(history: tuple[dict[str, Any], ...], path: Path) -> None:
             if all(key in h for h in history):
                 ax.plot(epochs, [h[key] for h in history], marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()

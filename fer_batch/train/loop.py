@@ -5,7 +5,9 @@ fails under MultiWorkerMirroredStrategy (its symbolic build reduces the whole
 PerReplica batch eagerly), and a custom loop lets validation add up one exact
 confusion matrix across workers. Each Ray Train worker holds one replica (one
 device); every worker runs the same number of steps because Ray splits the
-training data into equal shards and the last partial batch is dropped.
+training data into equal shards and the last partial batch is dropped. Equal
+shards may leave out up to (workers - 1) validation rows from the per-epoch
+metrics; the exported model's final metrics come from `evaluate` over every row.
 """
 
 from __future__ import annotations
