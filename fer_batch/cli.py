@@ -135,6 +135,22 @@ def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("report", "emotion timeline per video and one HTML summary of an output")
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--dest", default=None, help="folder or URL to write to (default: OUT/report)")
+    p.add_argument("--max-videos", type=int, default=100, help="timelines drawn (first N by URI)")
+    p.add_argument("--storage-options", default=None)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from fer_batch.report import report
+
+    print(report(args.output, parse_storage_options(args.storage_options), args.dest,
+                 args.max_videos))
+    return 0
+
+
 @command("train", "fine-tune or train an emotion model with Ray Train")
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", required=True, metavar="DATA",

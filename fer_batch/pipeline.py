@@ -35,6 +35,8 @@ from fer_batch.sink import (
     remove_orphans,
 )
 from fer_batch.sources import ListingStats, check_inputs, filesystem, iter_media, retry_transient
+from fer_batch.tracking import finalize_videos
+from fer_batch.video import expand_videos
 
 LISTING_CHUNK = 10_000
 WAVE_ITEMS = 50_000
@@ -257,7 +259,7 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
 
     todo = work.counts["todo"]
     rows = block_rows(todo, cfg.files_per_task, plan["detect_actors"])
-    stream = blocks((work_items(t) for t in work.todo()), rows)
+    stream = blocks((expand_videos(work_items(t), cfg) for t in work.todo()), rows)
     finished_items, last = 0, time.time()
     while refs := [ray.put(block) for block in itertools.islice(stream, WAVE_ITEMS // rows)]:
         ds = build_dataset(cfg, spec, refs, run_id, plan)
@@ -267,6 +269,8 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
                 last = time.time()
                 print(f"[fer-batch] {finished_items}/{todo} files committed", file=sys.stderr)
         del refs, ds
+        finalize_videos(cfg.output, cfg.storage_options, run_id)
+    finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave was needed
 
 
 def run_record(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, started: float,

@@ -44,6 +44,8 @@ class ItemResult:
     duration_s: float = float("nan")
     n_frames_sampled: int = -1
     frames_failed: int = 0
+    first_frame: int = -1  # first and last sampled frame of a video segment (track stitching)
+    last_frame: int = -1
 
     def add_error(self, stage: str, error_type: str, message: str,
                   frame_index: int | None = None) -> None:
@@ -76,7 +78,8 @@ def results_to_batch(items: dict[str, np.ndarray], results: list[ItemResult], cr
     batch["crops"] = _objects([
         r.crops if r.crops is not None else np.zeros((0, *crop_shape), np.uint8) for r in results
     ])
-    for name in ("width", "height", "frame_count", "n_frames_sampled"):
+    for name in ("width", "height", "frame_count", "n_frames_sampled", "first_frame",
+                 "last_frame"):
         batch[name] = np.array([getattr(r, name) for r in results], dtype=np.int64)
     for name in ("fps", "duration_s"):
         batch[name] = np.array([getattr(r, name) for r in results], dtype=np.float64)

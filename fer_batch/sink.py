@@ -180,6 +180,17 @@ def write_commit(
     """Write one commit (tables, then marker); return its summary for the driver."""
     fs, root = filesystem(output, storage_options)
     cid = commit_id(batch["item_key"])
+    n_items = len(batch["item_key"])
+    if "video" in batch["media_type"]:
+        # Video segments are staged; a video is committed whole once all its segments are
+        # (fer_batch.tracking.finalize_videos), with track ids stitched across them.
+        from fer_batch.tracking import stage_segments
+
+        stage_segments(fs, root, batch, faces_table(batch, run_id, model), run_id)
+        images = np.asarray(batch["media_type"]) != "video"
+        batch = {name: column[images] for name, column in batch.items()}
+        if not images.any():
+            return {"commit": np.array([cid]), "n_items": np.array([n_items])}
     tables = {
         FACES: faces_table(batch, run_id, model),
         MEDIA: media_table(batch, run_id),
@@ -190,7 +201,7 @@ def write_commit(
         write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
     marker = commit_table(batch, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
-    return {"commit": np.array([cid]), "n_items": np.array([len(marker)])}
+    return {"commit": np.array([cid]), "n_items": np.array([n_items])}
 
 
 def committed_ids(output: str, storage_options: dict[str, Any]) -> set[str]:
