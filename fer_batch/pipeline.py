@@ -25,7 +25,9 @@ from fer_batch.config import AnnotateConfig
 from fer_batch.faces import FaceStage
 from fer_batch.infer import ClassifyStage
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
+from fer_batch.placement import classifier_strategy, reserve_classifiers
 from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_on_workers
+from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
 from fer_batch.registry import ModelSpec, resolve_model, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
 from fer_batch.sink import (
@@ -43,6 +45,7 @@ WAVE_ITEMS = 50_000
 MAX_BLOCK_ROWS = 32
 BLOCKS_PER_ACTOR = 8
 PROGRESS_EVERY_S = 10.0
+TASK_RETRIES = 3
 _VERSIONED = ("fer-batch", "ray", "tensorflow", "keras", "opencv-python-headless", "numpy",
               "pyarrow", "pillow", "fsspec", "s3fs", "duckdb", "fer", "mtcnn")
 
@@ -173,9 +176,10 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
 
 
 def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id: str,
-                  plan: dict[str, Any]) -> Any:
+                  plan: dict[str, Any], task_retries: int = TASK_RETRIES) -> Any:
     """Three actor pools. Restarts and retries are explicit: a lost node restarts its
-    actors elsewhere and their in-flight batches run again (commits are idempotent)."""
+    actors elsewhere and their in-flight batches run again (commits are idempotent); a
+    batch whose retries run out is dropped and redone by fer_batch.recovery."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.util.annotations import RayDeprecationWarning
@@ -193,7 +197,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
                                   max_tasks_in_flight_per_actor=2),
         num_cpus=1,
         max_restarts=-1,
-        max_task_retries=3,
+        max_task_retries=task_retries,
     )
     ds = ds.map_batches(
         ClassifyStage,
@@ -203,8 +207,9 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
         compute=ActorPoolStrategy(size=plan["classify_actors"]),
         num_gpus=plan["num_gpus"],
         num_cpus=plan["classify_cpus"],
+        scheduling_strategy=classifier_strategy(plan),
         max_restarts=-1,
-        max_task_retries=3,
+        max_task_retries=task_retries,
     )
     return ds.map_batches(
         CommitWriter,
@@ -214,7 +219,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
         compute=ActorPoolStrategy(size=1),
         num_cpus=0,
         max_restarts=-1,
-        max_task_retries=3,
+        max_task_retries=task_retries,
     )
 
 
@@ -232,7 +237,7 @@ def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     remove_orphans(cfg.output, cfg.storage_options)
     stats = ListingStats()
     plan = plan_resources(cfg)
-    with WorkPlan() as work:
+    with WorkPlan() as work, reserve_classifiers(plan, run_id):
         plan_work(cfg, work, stats)
         counts = dict(work.counts)
         run_waves(cfg, spec, run_id, plan, work)
@@ -262,12 +267,15 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
     stream = blocks((expand_videos(work_items(t), cfg) for t in work.todo()), rows)
     finished_items, last = 0, time.time()
     while refs := [ray.put(block) for block in itertools.islice(stream, WAVE_ITEMS // rows)]:
-        ds = build_dataset(cfg, spec, refs, run_id, plan)
+        ds = tolerate_failed_blocks(build_dataset(cfg, spec, refs, run_id, plan),
+                                    failed_blocks_budget(len(refs), plan))
+        log = CommitLog()
         for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            finished_items += int(np.sum(summary["n_items"]))
+            finished_items += log.add(summary)
             if cfg.progress and time.time() - last > PROGRESS_EVERY_S:
                 last = time.time()
                 print(f"[fer-batch] {finished_items}/{todo} files committed", file=sys.stderr)
+        finished_items += recover(cfg, spec, run_id, plan, refs, log)
         del refs, ds
         finalize_videos(cfg.output, cfg.storage_options, run_id)
     finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave was needed
