@@ -85,10 +85,9 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(log_to_driver=False)
+    # "local" starts a fresh Ray even when another one runs on this machine; a bare
+    # ray.init() would attach to it.
+    ray.init(address=address or "local", log_to_driver=False)
 
 
 def clear_output(output: str, storage_options: dict[str, Any]) -> None:

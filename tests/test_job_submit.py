@@ -70,12 +70,16 @@ def test_ray_job_submit_runs_jobs_annotate(ray_head, tmp_path):
     write_valid_images(archive / "good")
     write_bad_images(archive / "bad", huge=False)
     out = tmp_path / "out"
-    result = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", sys.executable, "jobs/annotate.py", str(archive), "--output", str(out),
-         "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    for _ in range(10):  # the head answers before its job agent is ready to take jobs
+        result = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+             "--", sys.executable, "jobs/annotate.py", str(archive), "--output", str(out),
+             "--no-progress"],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        if "No available agent" not in result.stdout + result.stderr:
+            break
+        time.sleep(6)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     checked = check_invariant(out)
