@@ -31,6 +31,10 @@ def prepare_face(face: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
     pre = spec.preprocessing
     height, width, channels = spec.input_shape
+    if pre.align:  # eyes level, the same at training and inference
+        from fer_batch.align import eye_angle, rotate
+
+        face = rotate(face, eye_angle(to_grey(face)))
     if pre.color == "grey":
         face = to_grey(face)
         if pre.equalize:

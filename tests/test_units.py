@@ -134,3 +134,22 @@ def test_storage_options_errors_do_not_echo_secrets():
         "endpoint_url": "http://127.0.0.1:9"}
     cfg = AnnotateConfig(inputs=("x",), output="o", storage_options={"key": "AKIA", "secret": "s"})
     assert "AKIA" not in str(cfg.public_dict())
+
+
+def test_alignment_is_part_of_preprocessing():
+    """Preprocessing(align=True) levels the eyes inside prepare_face, at training and inference."""
+    from dataclasses import replace
+
+    from fer_batch.align import eye_angle, rotate
+    from fer_batch.preprocess import prepare_face
+    from tests.media import astronaut
+
+    face = np.asarray(astronaut().convert("L"))[30:250, 140:340]
+    tilted = rotate(face, -12.0)
+    assert abs(eye_angle(tilted)) > 5
+    spec = resolve_model("fer-mini-xception")
+    aligned = replace(spec, preprocessing=replace(spec.preprocessing, align=True))
+    plain = prepare_face(tilted, spec)
+    levelled = prepare_face(tilted, aligned)
+    assert not np.array_equal(plain, levelled)
+    assert np.array_equal(levelled, prepare_face(rotate(tilted, eye_angle(tilted)), spec))
