@@ -124,9 +124,12 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--storage-options must be a JSON object; it does not parse: {e.msg}") from e
+        raise ValueError(
+            f"--storage-options must be a JSON object; it does not parse: {e.msg}"
+        ) from e
     if not isinstance(value, dict):
-        raise ValueError(f"--storage-options must be a JSON object; received a {type(value).__name__}")
+        kind = type(value).__name__
+        raise ValueError(f"--storage-options must be a JSON object; received a {kind}")
     return value
 
 

@@ -104,7 +104,9 @@ class MtcnnDetector:
         try:
             from mtcnn import MTCNN
         except ImportError as e:
-            raise RuntimeError("--detector mtcnn needs the `mtcnn` package: pip install mtcnn") from e
+            raise RuntimeError(
+                "--detector mtcnn needs the `mtcnn` package: pip install mtcnn"
+            ) from e
         self._mtcnn = MTCNN()
         self._cfg = cfg
 

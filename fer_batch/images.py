@@ -74,8 +74,8 @@ def _as_media_errors():
     except MediaError:
         raise
     except UnidentifiedImageError as e:
-        raise MediaError(STAGE_DECODE, "UnidentifiedImageError",
-                         "not a recognised image format (content does not match any decoder)") from e
+        message = "not a recognised image format (content does not match any decoder)"
+        raise MediaError(STAGE_DECODE, "UnidentifiedImageError", message) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(STAGE_DECODE, type(e).__name__, f"cannot decode image: {e}") from e
 
@@ -127,7 +127,8 @@ def _to_array(image, color: str) -> np.ndarray:
         return grey if color == "grey" else np.repeat(grey[:, :, None], 3, axis=2)
     if color == "grey":
         if image.mode != "L":
-            image = image.convert("RGB").convert("L") if image.mode == "CMYK" else image.convert("L")
+            rgb = image.convert("RGB") if image.mode == "CMYK" else image
+            image = rgb.convert("L")
         return np.asarray(image, dtype=np.uint8)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb[:, :, ::-1])

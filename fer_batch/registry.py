@@ -41,9 +41,13 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.color not in _COLORS:
-            raise ValueError(f"preprocessing.color must be one of {_COLORS}; received: {self.color!r}")
+            raise ValueError(
+                f"preprocessing.color must be one of {_COLORS}; received: {self.color!r}"
+            )
         if self.scale not in _SCALES:
-            raise ValueError(f"preprocessing.scale must be one of {_SCALES}; received: {self.scale!r}")
+            raise ValueError(
+                f"preprocessing.scale must be one of {_SCALES}; received: {self.scale!r}"
+            )
         if not 0.0 <= self.margin <= 1.0:
             raise ValueError(f"preprocessing.margin must be in [0, 1]; received: {self.margin!r}")
 
@@ -70,7 +74,9 @@ class ModelSpec:
                 f"input_shape must be (height, width, 1|3); received: {self.input_shape!r}"
             )
         if tuple(self.labels) != EMOTIONS:
-            raise ValueError(f"labels must be the FER-2013 order {EMOTIONS}; received: {self.labels!r}")
+            raise ValueError(
+                f"labels must be the FER-2013 order {EMOTIONS}; received: {self.labels!r}"
+            )
         if self.preprocessing.color == "rgb" and self.input_shape[2] != 3:
             # Grey faces may be tiled to 3 channels (ResNet50/MobileNetV2), never the reverse.
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Entry point for `ray job submit --working-dir . -- python jobs/annotate.py INPUT... --output OUT`.
+"""Entry point for `ray job submit --working-dir . -- python jobs/annotate.py IN... --output OUT`.
 
 Same arguments as `fer-batch annotate`; under `ray job submit`, RAY_ADDRESS points the
 job at the cluster it was submitted to.

@@ -18,7 +18,7 @@ import importlib.metadata
 import json
 import re
 import shlex
-import sys
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,6 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the backport
-    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

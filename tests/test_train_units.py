@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fer_batch import align
 from fer_batch.cli import build_parser, main, train_config
 from fer_batch.config import TrainConfig
 from fer_batch.registry import Preprocessing
-from fer_batch import align
 from fer_batch.train.augment import Augmentation, augment_batch, balanced_class_weights
 from fer_batch.train.driver import _fold
 from fer_batch.train.loop import TrainPlan, TrainState

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def plot_curves(history: tuple[dict[str, Any], ...], path: Path) -> None:
 
 def provenance(cfg: TrainConfig, spec: ModelSpec) -> str:
     start = f"fine-tuned from {cfg.init_from}" if cfg.init_from else "trained from scratch"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
     return (f"fer-batch train: {spec.architecture} {start} on {cfg.train}, {cfg.epochs} epochs, "
             f"{cfg.num_workers} Ray Train workers, {when}")
 
