@@ -25,6 +25,7 @@ from fer_batch.sink import join
 from fer_batch.sources import filesystem, retry_transient
 
 MEMORY_LIMIT = "256MB"
+_PREFIX = "fer-batch-plan-"
 TODO_BATCH_ROWS = 4096
 STAT_BATCH_ROWS = 256
 StatFn = Callable[[Iterator[pa.Table]], Iterator[pa.Table]]
@@ -39,6 +40,25 @@ _TODO = """
 """
 
 
+def _remove_abandoned(workdir: str | None) -> None:
+    """Delete plan folders left by killed drivers (their pid is gone) on this machine."""
+    root = workdir or tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name.removeprefix(_PREFIX).split("-")[0]
+        if name.startswith(_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _protocol(fs: Any) -> str:
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
@@ -49,7 +69,8 @@ class WorkPlan:
     def __init__(self, memory_limit: str = MEMORY_LIMIT, workdir: str | None = None) -> None:
         import duckdb
 
-        self.dir = tempfile.mkdtemp(prefix="fer-batch-plan-", dir=workdir)
+        _remove_abandoned(workdir)
+        self.dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=workdir)
         self.con = duckdb.connect(os.path.join(self.dir, "plan.duckdb"))
         self._exec(f"SET memory_limit = '{memory_limit}'")
         self._exec(f"SET temp_directory = '{os.path.join(self.dir, 'spill')}'")

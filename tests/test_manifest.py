@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -228,3 +231,14 @@ def test_commit_summary_counts_from_markers(tmp_path):
     summary = commit_summary(str(out), {}, "r1")
     assert summary["totals"] == {"media": 3, "ok": 3, "partial": 0, "errors": 0, "faces": 3}
     assert summary["this_run"]["media"] == 1 and summary["detect"] == {"n1": {"items": 1}}
+
+
+def test_plan_folders_of_killed_drivers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"fer-batch-plan-{dead.pid}-x").mkdir()
+    (tmp_path / f"fer-batch-plan-{os.getpid()}-y").mkdir()
+    with WorkPlan(workdir=str(tmp_path)) as plan:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == sorted([f"fer-batch-plan-{os.getpid()}-y", os.path.basename(plan.dir)])
+    assert not os.path.exists(plan.dir)
