@@ -33,6 +33,15 @@ def _free_port() -> int:
 def ray_head(tmp_path):
     """`ray start --head --block` in its own process group: killing it stops what it started."""
     port, dash = _free_port(), _free_port()
+    # Every port the head opens is a free one: another Ray on this machine (the test
+    # session's own) already holds the agent's default 52365, and a head whose agent
+    # cannot bind answers "No available agent" to every submission.
+    agent_ports = [
+        f"--{name}={_free_port()}"
+        for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                     "runtime-env-agent-port", "metrics-export-port",
+                     "object-manager-port", "node-manager-port")
+    ]
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # AF_UNIX paths are short
     # Ray 2.60 clusters require a token: the head and the client share a fresh one.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token",
@@ -40,7 +49,7 @@ def ray_head(tmp_path):
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
          "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--num-cpus", "2", "--temp-dir", temp_dir],
+         "--num-cpus", "2", "--temp-dir", temp_dir, *agent_ports],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env,
         start_new_session=True,
     )
