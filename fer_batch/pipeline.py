@@ -175,10 +175,14 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
 
 
 def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id: str,
-                  plan: dict[str, Any], task_retries: int = TASK_RETRIES) -> Any:
+                  plan: dict[str, Any], task_retries: int = TASK_RETRIES,
+                  isolate: bool = False) -> Any:
     """Three actor pools. Restarts and retries are explicit: a lost node restarts its
     actors elsewhere and their in-flight batches run again (commits are idempotent); a
-    batch whose retries run out is dropped and redone by fer_batch.recovery."""
+    batch whose retries run out is dropped and redone by fer_batch.recovery.
+
+    `isolate` keeps one task in flight per actor, so an input that kills its worker
+    takes no other task down with it (recovery's one-item reruns)."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.util.annotations import RayDeprecationWarning
@@ -186,6 +190,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
     # Ray 2.60 has no named parameters yet for actor restarts/retries; the pin keeps
     # the **ray_remote_args route valid.
     warnings.filterwarnings("ignore", ".*ray_remote_args.*", RayDeprecationWarning)
+    in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
 
     ds = ray.data.from_arrow_refs(refs).map_batches(
         FaceStage,
@@ -193,7 +198,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
         batch_size=cfg.files_per_task,
         compute=ActorPoolStrategy(min_size=1, max_size=plan["detect_actors"],
                                   initial_size=plan["detect_actors"],
-                                  max_tasks_in_flight_per_actor=2),
+                                  max_tasks_in_flight_per_actor=1 if isolate else 2),
         num_cpus=1,
         max_restarts=-1,
         max_task_retries=task_retries,
@@ -203,7 +208,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
         fn_constructor_kwargs={"spec": spec, "batch_size": cfg.batch_size,
                                "storage_options": cfg.storage_options},
         batch_size=max(1, cfg.batch_size // 4),
-        compute=ActorPoolStrategy(size=plan["classify_actors"]),
+        compute=ActorPoolStrategy(size=plan["classify_actors"], **in_flight),
         num_gpus=plan["num_gpus"],
         num_cpus=plan["classify_cpus"],
         scheduling_strategy=classifier_strategy(plan),
@@ -215,7 +220,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
         fn_constructor_kwargs={"output": cfg.output, "run_id": run_id, "model": spec.name,
                    "storage_options": cfg.storage_options},
         batch_size=None,
-        compute=ActorPoolStrategy(size=1),
+        compute=ActorPoolStrategy(size=1, **in_flight),
         num_cpus=0,
         max_restarts=-1,
         max_task_retries=task_retries,

@@ -131,14 +131,15 @@ def committed_uris(cfg: AnnotateConfig, run_id: str, uris: pa.Array | pa.Chunked
 
 def rerun_alone(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
                 items: pa.Table) -> CommitLog:
-    """Run `items` again, one per task in every stage, with a small retry budget."""
+    """Run `items` again, one per task in every stage and one task in flight per actor (a
+    neighbour of a bad input must not die with it), with a small retry budget."""
     import ray
 
     from fer_batch.pipeline import build_dataset  # pipeline calls this module
 
     alone = dataclasses.replace(cfg, files_per_task=1, batch_size=ALONE_MODEL_BATCH)
     refs = [ray.put(items.slice(i, 1)) for i in range(items.num_rows)]
-    ds = build_dataset(alone, spec, refs, run_id, plan, task_retries=ALONE_RETRIES)
+    ds = build_dataset(alone, spec, refs, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)
     log = CommitLog()
     for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
                                                               batch_format="numpy"):
