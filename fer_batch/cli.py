@@ -56,6 +56,9 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-actors", type=int, default=None)
     p.add_argument("--classify-actors", type=int, default=None)
     p.add_argument("--video-fps", type=float, default=1.0)
+    p.add_argument("--manifest-lines", default="10000,1000000",
+                   help="manifest sizes whose planning peak driver RSS is compared "
+                        "('' to skip)")
     p.add_argument("--every-n-frames", type=int, default=None)
     p.add_argument("--max-frames-per-video", type=int, default=None)
     p.add_argument("--all-frames", action="store_true", help="sample every video frame")
@@ -281,6 +284,7 @@ def run_bench(args: argparse.Namespace) -> int:
         growth=_int_list("--growth", args.growth), peers=args.peers,
         peer_python=args.peer_python, compare=args.compare, stage_sample=args.stage_sample,
         repeat=args.repeat, video_fps=args.video_fps,
+        manifest_lines=_int_list("--manifest-lines", args.manifest_lines),
         gpu_batch_sizes=_int_list("--gpu-batch-sizes", args.gpu_batch_sizes),
         detect=DetectConfig(detector=args.detector, max_side=args.max_side,
                             min_face=args.min_face, max_pixels=args.max_pixels)))

@@ -27,7 +27,7 @@ from fer_batch.sources import (
     to_uri,
 )
 
-MANIFEST_CHUNK = 50_000
+MANIFEST_CHUNK = 10_000
 URI_COLUMNS = ("uri", "source_uri")
 VERSION_COLUMNS = ("etag", "version")
 

@@ -26,7 +26,7 @@ from fer_batch.faces import FaceStage
 from fer_batch.infer import ClassifyStage
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
 from fer_batch.placement import classifier_strategy, reserve_classifiers
-from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_on_workers
+from fer_batch.plan import StatFn, WorkPlan, commit_summary, drop_commits, stat_on_workers
 from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
 from fer_batch.registry import ModelSpec, resolve_model, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
@@ -121,7 +121,8 @@ def listed_entries(cfg: AnnotateConfig, stats: ListingStats) -> Iterator[pa.Tabl
         yield from iter_manifest(cfg.manifest, cfg.storage_options, stats)
 
 
-def plan_work(cfg: AnnotateConfig, plan: WorkPlan, stats: ListingStats) -> None:
+def plan_work(cfg: AnnotateConfig, plan: WorkPlan, stats: ListingStats,
+              stat: StatFn | None = None) -> None:
     """Spill the listing, read the markers, drop stale commits: `plan.todo()` is what is left.
 
     A stale commit holds an input that changed since; it goes whole (marker first),
@@ -129,7 +130,7 @@ def plan_work(cfg: AnnotateConfig, plan: WorkPlan, stats: ListingStats) -> None:
     """
     plan.add_entries(listed_entries(cfg, stats))
     plan.load_commits(cfg.output, cfg.storage_options)
-    stale = plan.resolve(stat_on_workers(cfg.storage_options))
+    stale = plan.resolve(stat or stat_on_workers(cfg.storage_options))
     drop_commits(cfg.output, cfg.storage_options, stale)
 
 

@@ -24,7 +24,7 @@ from fer_batch.schema import COMMITS_DIR, TABLES
 from fer_batch.sink import join
 from fer_batch.sources import filesystem, retry_transient
 
-MEMORY_LIMIT = "256MB"
+MEMORY_LIMIT = "64MB"
 _PREFIX = "fer-batch-plan-"
 TODO_BATCH_ROWS = 4096
 STAT_BATCH_ROWS = 256
@@ -32,12 +32,13 @@ StatFn = Callable[[Iterator[pa.Table]], Iterator[pa.Table]]
 
 _VKEY = "source_uri || '|' || CAST(size_bytes AS VARCHAR) || '|' || version"
 _TODO = """
+    CREATE TABLE todo AS
     SELECT ord, source_uri, media_type, coalesce(size_bytes, -1) AS size_bytes,
-           coalesce(version, '') AS version, coalesce(vkey || '|0', '') AS item_key
-    FROM work w
-    WHERE vkey IS NULL
-       OR NOT EXISTS (SELECT 1 FROM done d WHERE d.source_uri = w.source_uri AND d.vkey = w.vkey)
+           coalesce(version, '') AS version, coalesce(vkey || '|0', '') AS item_key, listed
+    FROM work w ANTI JOIN done d ON d.vkey = w.vkey
 """
+"""Work left: what no marker holds at its current size and version (a vkey holds the URI).
+An anti-join rather than NOT EXISTS: DuckDB's hash join spills under the memory limit."""
 
 
 def _remove_abandoned(workdir: str | None) -> None:
@@ -125,8 +126,13 @@ class WorkPlan:
         the pipeline runs it on Ray workers. Returns the ids of commits to drop: they
         hold an input whose size or version changed, and every item in them is redone.
         """
-        self._exec("""CREATE TABLE items AS SELECT * FROM cand
-            QUALIFY row_number() OVER (PARTITION BY source_uri ORDER BY ord) = 1""")
+        # The first listing of each URI wins. A grouped aggregate, not a window: DuckDB
+        # spills aggregates under its memory limit, and the window over a million
+        # distinct URIs does not fit in a small one.
+        self._exec("""CREATE TABLE items AS SELECT min(ord) AS ord, source_uri,
+                arg_min(media_type, ord) AS media_type, arg_min(size_bytes, ord) AS size_bytes,
+                arg_min(version, ord) AS version
+            FROM cand GROUP BY source_uri""")
         self._exec("DROP TABLE cand")
         self._stat_unknown(stat)
         self._exec(f"""CREATE TABLE work AS SELECT *, TRUE AS listed,
@@ -151,9 +157,10 @@ class WorkPlan:
             self.con.unregister("stale")
         self.counts["stale_commits"] = len(stale)
         self.counts["inputs"] = self._count("SELECT count(*) FROM work WHERE listed")
-        self.counts["todo"] = self._count(f"SELECT count(*) FROM ({_TODO})")
+        self._exec(_TODO)
+        self.counts["todo"] = self._count("SELECT count(*) FROM todo")
         self.counts["skipped_done"] = self.counts["inputs"] - self._count(
-            f"SELECT count(*) FROM ({_TODO}) t JOIN work USING (source_uri) WHERE listed")
+            "SELECT count(*) FROM todo WHERE listed")
         return stale
 
     def _stat_unknown(self, stat: StatFn) -> None:
@@ -187,7 +194,7 @@ class WorkPlan:
         import pyarrow.parquet as pq
 
         path = os.path.join(self.dir, "todo.parquet")
-        self._exec(f"COPY (SELECT * EXCLUDE (ord) FROM ({_TODO}) ORDER BY ord) "
+        self._exec("COPY (SELECT * EXCLUDE (ord, listed) FROM todo ORDER BY ord) "
                    f"TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
             yield pa.Table.from_batches([batch])

@@ -17,7 +17,8 @@ from fer_batch.bench.stages import ceiling, group_copies, pick_sample
 
 # Figures that may rightly be zero: counts of things absent, growth at a single size, the
 # core the stage process was pinned to.
-MAY_BE_ZERO = ("errors", "videos", "pinned_core", "driver_growth", "actor_growth")
+MAY_BE_ZERO = ("errors", "videos", "pinned_core", "driver_growth", "actor_growth",
+               "manifest_memory.growth")
 
 
 def test_iou_and_greedy_matching():
@@ -84,13 +85,13 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
     out = tmp_path / "bench" / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "fer_batch.cli", "bench", "--input", str(images), "--output",
-         str(out), "--growth", "1", "--repeat", "1"],
+         str(out), "--growth", "1", "--repeat", "1", "--manifest-lines", "1000,5000"],
         capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 0
     for section in ("host", "input", "stages", "ceiling", "end_to_end", "memory", "peers",
-                    "gpu", "video"):
+                    "gpu", "video", "manifest_memory"):
         assert section in result, section
     assert set(result["stages"]["classify"]["per_face_s"]) == {"16", "64", "256"}
     assert {"decode", "detect", "crop"} <= set(result["stages"]["rates_per_core"]["files_per_s"])
@@ -108,3 +109,5 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
                     if not v > 0 and not k.endswith(MAY_BE_ZERO)}
     assert not not_positive
     assert result["peers"]["skipped"] and result["video"]["skipped"]
+    runs = result["manifest_memory"]["runs"]
+    assert [(r["lines"], r["streamed"]) for r in runs] == [(1000, 1000), (5000, 5000)]

@@ -30,6 +30,7 @@ class BenchConfig:
     stage_sample: int = 200
     repeat: int = 2
     video_fps: float = 1.0
+    manifest_lines: tuple[int, ...] = (10_000, 1_000_000)
     gpu_batch_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
     detect: DetectConfig = field(default_factory=DetectConfig)
 
@@ -45,6 +46,8 @@ class BenchConfig:
                  self.growth)
         _require(self.stage_sample >= 1, "--stage-sample", "must be >= 1", self.stage_sample)
         _require(self.repeat >= 1, "--repeat", "must be >= 1", self.repeat)
+        _require(all(n >= 1 for n in self.manifest_lines), "--manifest-lines",
+                 "must be integers >= 1 (empty: skip)", self.manifest_lines)
         _require(self.video_fps > 0, "--video-fps", "must be > 0", self.video_fps)
 
     @property
