@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from fer_batch import lease
 from fer_batch.config import AnnotateConfig
 from fer_batch.faces import FaceStage
 from fer_batch.infer import ClassifyStage
@@ -231,12 +232,15 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
 def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     """Run one annotate job end to end; returns the run record also written to _run.json."""
     spec = prepare(cfg)
+    run_id = new_run_id()
+    # Taken before Ray starts: from here on, workers of an earlier run that are still
+    # alive cannot commit into this output.
+    lease.take(cfg.output, cfg.storage_options, run_id)
     init_ray(cfg.address)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = cfg.progress
     started = time.time()
-    run_id = new_run_id()
     if cfg.overwrite:
         clear_output(cfg.output, cfg.storage_options)
     remove_orphans(cfg.output, cfg.storage_options)
@@ -246,6 +250,7 @@ def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
         plan_work(cfg, work, stats)
         counts = dict(work.counts)
         run_waves(cfg, spec, run_id, plan, work)
+    remove_orphans(cfg.output, cfg.storage_options)  # parts a superseded run's workers left
     ensure_tables(cfg.output, cfg.storage_options)
     record = run_record(cfg, spec, run_id, started, counts, stats, plan)
     fs, root = filesystem(cfg.output, cfg.storage_options)
@@ -275,11 +280,17 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
         ds = tolerate_failed_blocks(build_dataset(cfg, spec, refs, run_id, plan),
                                     failed_blocks_budget(len(refs), plan))
         log = CommitLog()
-        for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            finished_items += log.add(summary)
-            if cfg.progress and time.time() - last > PROGRESS_EVERY_S:
-                last = time.time()
-                print(f"[fer-batch] {finished_items}/{todo} files committed", file=sys.stderr)
+        try:
+            for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                finished_items += log.add(summary)
+                if cfg.progress and time.time() - last > PROGRESS_EVERY_S:
+                    last = time.time()
+                    print(f"[fer-batch] {finished_items}/{todo} files committed",
+                          file=sys.stderr)
+        except Exception:
+            lease.check(cfg.output, cfg.storage_options, run_id)  # the clearer error first
+            raise
+        lease.check(cfg.output, cfg.storage_options, run_id)
         finished_items += recover(cfg, spec, run_id, plan, refs, log)
         del refs, ds
         finalize_videos(cfg.output, cfg.storage_options, run_id)

@@ -24,6 +24,7 @@ TRACKS = "tracks"
 TABLES: tuple[str, ...] = (FACES, MEDIA, ERRORS, TRACKS)
 RUN_RECORD = "_run.json"
 COMMITS_DIR = "_commits"
+LEASE = "_lease.json"
 
 # Media status values.
 STATUS_OK = "ok"

@@ -4,7 +4,9 @@ A commit writes ``faces/``, ``media/`` and ``errors/`` part files named after th
 commit id (a hash of the work items it holds), then ``_commits/<id>.parquet``
 listing those items. A part file without its marker is an orphan from a killed run;
 `remove_orphans` deletes it before a resumed run redoes its items, so every input
-ends up exactly once, whatever moment the previous run died at.
+ends up exactly once, whatever moment the previous run died at. Each commit first
+checks that its run still owns the output (fer_batch.lease), so the workers of a
+killed run cannot commit behind the back of the run that replaced it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fer_batch import lease
 from fer_batch.paths import child
 from fer_batch.records import N_META
 from fer_batch.schema import (
@@ -179,6 +182,7 @@ def write_commit(
 ) -> dict[str, np.ndarray]:
     """Write one commit (tables, then marker); return its summary for the driver."""
     fs, root = filesystem(output, storage_options)
+    lease.check(output, storage_options, run_id)
     cid = commit_id(batch["item_key"])
     n_items = len(batch["item_key"])
     if "video" in batch["media_type"]:
@@ -200,6 +204,7 @@ def write_commit(
     for name, table in tables.items():
         write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
     marker = commit_table(batch, run_id)
+    lease.check(output, storage_options, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
     return {"commit": np.array([cid]), "n_items": np.array([n_items])}
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fer_batch import lease
 from fer_batch.manifest import (
     ENTRY_SCHEMA,
     check_manifest,
@@ -22,8 +23,8 @@ from fer_batch.manifest import (
 )
 from fer_batch.pipeline import blocks
 from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_table
-from fer_batch.records import item_key
-from fer_batch.sink import COMMIT_SCHEMA
+from fer_batch.records import ItemResult, item_key, results_to_batch
+from fer_batch.sink import COMMIT_SCHEMA, write_commit
 from fer_batch.sources import ListingStats
 
 
@@ -242,3 +243,32 @@ def test_plan_folders_of_killed_drivers_are_removed(tmp_path):
         names = sorted(p.name for p in tmp_path.iterdir())
         assert names == sorted([f"fer-batch-plan-{os.getpid()}-y", os.path.basename(plan.dir)])
     assert not os.path.exists(plan.dir)
+
+
+def _one_item_batch(uri: str) -> dict[str, np.ndarray]:
+    items = {"source_uri": np.array([uri], object), "media_type": np.array(["image"], object),
+             "size_bytes": np.array([5]), "version": np.array(["v"], object),
+             "segment": np.zeros(1, np.int64), "seg_start_s": np.full(1, np.nan),
+             "seg_end_s": np.full(1, np.nan), "item_key": np.array([item_key(uri, 5, "v", 0)],
+                                                                   object)}
+    batch = results_to_batch(items, [ItemResult()], (64, 64, 1), "n1")
+    batch.pop("crops")
+    batch["scores"] = np.empty(1, dtype=object)
+    batch["scores"][0] = np.zeros((0, 7), np.float32)
+    batch["classify_node"] = np.array(["n1"], dtype=object)
+    return batch
+
+
+def test_a_superseded_run_cannot_commit(tmp_path):
+    out = str(tmp_path / "out")
+    lease.take(out, {}, "run-old")
+    write_commit(_one_item_batch("/a.jpg"), out, "run-old", "m", {})
+    assert len(list((tmp_path / "out" / "_commits").iterdir())) == 1
+    lease.take(out, {}, "run-new")  # a re-run started while the old run's workers live
+    with pytest.raises(lease.LeaseLost, match="run-old no longer owns .*run run-new"):
+        write_commit(_one_item_batch("/b.jpg"), out, "run-old", "m", {})
+    assert len(list((tmp_path / "out" / "_commits").iterdir())) == 1
+    assert len(list((tmp_path / "out" / "faces").iterdir())) == 1  # nothing of /b.jpg
+    write_commit(_one_item_batch("/b.jpg"), out, "run-new", "m", {})
+    assert lease.holder(out, {}) == "run-new"
+    assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
