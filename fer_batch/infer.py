@@ -1,8 +1,11 @@
 """Batched emotion classification.
 
-Faces gathered from many images and frames are classified in fixed-size model
-calls: the last call of a batch is padded to the same size, so the compiled graph
-never retraces and there is never one call per face. Backend-neutral Keras only.
+Faces gathered from many images and frames are classified in model calls of
+`batch_size` faces, never one call per face. The last call of a batch is padded
+only up to a multiple of PAD_QUANTUM, so a compiled graph sees at most
+batch_size / PAD_QUANTUM shapes (TensorFlow's predict function also relaxes its
+batch dimension after two), and little of each call is padding: on CPU a call
+costs in proportion to its size. Backend-neutral Keras only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ import numpy as np
 from fer_batch.preprocess import scale_batch
 from fer_batch.registry import ModelSpec, load_keras_model
 
+PAD_QUANTUM = 32
+
+
+def call_size(n: int, batch_size: int) -> int:
+    """Faces in the model call that takes the last `n` (< batch_size) faces of a batch."""
+    return min(batch_size, -(-n // PAD_QUANTUM) * PAD_QUANTUM)
+
 
 def classify(model: Any, faces: np.ndarray, spec: ModelSpec, batch_size: int) -> np.ndarray:
     """uint8 faces (n, h, w, c) -> float32 probabilities (n, 7), in calls of `batch_size`."""
@@ -22,8 +32,8 @@ def classify(model: Any, faces: np.ndarray, spec: ModelSpec, batch_size: int) ->
     for start in range(0, n, batch_size):
         chunk = faces[start : start + batch_size]
         real = len(chunk)
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
+        if real < batch_size and (size := call_size(real, batch_size)) > real:
+            pad = np.zeros((size - real, *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         probs = np.asarray(model.predict_on_batch(scale_batch(chunk, spec.preprocessing)))
         out[start : start + real] = probs[:real]
@@ -45,7 +55,7 @@ class Classifier:
 
 
 class ClassifyStage:
-    """Ray Data actor: classify every face of a batch of work items in fixed-size calls."""
+    """Ray Data actor: classify every face of a batch of work items in batched calls."""
 
     def __init__(self, spec: ModelSpec, batch_size: int, storage_options: dict | None = None):
         import ray

@@ -26,14 +26,15 @@ class CountingModel:
         return out
 
 
-@pytest.mark.parametrize("n", [0, 1, 255, 256, 600])
-def test_classify_uses_fixed_size_calls_never_one_per_face(n):
+@pytest.mark.parametrize("n, sizes", [(0, []), (1, [32]), (33, [64]), (255, [256]),
+                                      (256, [256]), (600, [256, 256, 96])])
+def test_classify_batches_faces_and_pads_only_to_a_quantum(n, sizes):
     spec = resolve_model("fer-mini-xception")
     model = CountingModel()
-    probs = classify(model, np.zeros((n, 64, 64, 1), np.uint8), spec, batch_size=256)
+    faces = np.zeros((n, 64, 64, 1), np.uint8)
+    probs = classify(model, faces, spec, batch_size=256)
     assert probs.shape == (n, 7) and probs.dtype == np.float32
-    assert len(model.shapes) == -(-n // 256)
-    assert all(shape[0] == 256 for shape in model.shapes)
+    assert [shape[0] for shape in model.shapes] == sizes  # never one call per face
 
 
 def test_media_type_by_extension_case_insensitive():
