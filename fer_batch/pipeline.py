@@ -87,8 +87,12 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     # "local" starts a fresh Ray even when another one runs on this machine; a bare
-    # ray.init() would attach to it.
-    ray.init(address=address or "local", log_to_driver=False)
+    # ray.init() would attach to it. The embedded Ray of one job has no dashboard: it
+    # costs a second of start-up and a share of the CPU (start Ray yourself, with
+    # `ray start --head`, and pass --address for one).
+    local = address in (None, "local")
+    ray.init(address=address or "local", log_to_driver=False,
+             **({"include_dashboard": False} if local else {}))
 
 
 def clear_output(output: str, storage_options: dict[str, Any]) -> None:
