@@ -56,9 +56,6 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detect-actors", type=int, default=None)
     p.add_argument("--classify-actors", type=int, default=None)
     p.add_argument("--video-fps", type=float, default=1.0)
-    p.add_argument("--manifest-lines", default="10000,1000000",
-                   help="manifest sizes whose planning peak driver RSS is compared "
-                        "('' to skip)")
     p.add_argument("--every-n-frames", type=int, default=None)
     p.add_argument("--max-frames-per-video", type=int, default=None)
     p.add_argument("--all-frames", action="store_true", help="sample every video frame")
@@ -261,6 +258,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="most distinct files to time stage by stage")
     p.add_argument("--repeat", type=int, default=2, help="timed passes per stage (best kept)")
     p.add_argument("--video-fps", type=float, default=1.0)
+    p.add_argument("--manifest-lines", default="10000,1000000",
+                   help="manifest sizes whose planning peak driver RSS is compared "
+                        "('' to skip)")
     p.add_argument("--gpu-batch-sizes", default="64,128,256,512,1024")
     p.add_argument("--detector", default="haar", choices=DETECTORS)
     p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
@@ -302,11 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runner = globals()[f"run_{args.command}"]
+    from fer_batch.lease import LeaseLost
+
     try:
         return runner(args)
     except ValueError as e:
         print(f"fer-batch {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except LeaseLost as e:  # another run took over the output: stop, commit nothing more
+        print(f"fer-batch {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
