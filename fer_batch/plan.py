@@ -257,9 +257,9 @@ def commit_summary(output: str, storage_options: dict[str, Any], run_id: str) ->
     out = {"totals": _tally(con.execute(f"SELECT {_TALLY} FROM {markers}").fetchall()[0]),
            "this_run": _tally(con.execute(
                f"SELECT {_TALLY} FROM {markers} WHERE {run}").fetchall()[0])}
-    for stage in ("detect", "classify"):
+    for stage in ("detect", "classify"):  # a "worker" error row ran on no node
         rows = con.execute(f"SELECT {stage}_node, count(*) FROM {markers} WHERE {run} "
-                           "GROUP BY 1 ORDER BY 1").fetchall()
+                           f"AND {stage}_node IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
         out[stage] = {str(node): {"items": int(n)} for node, n in rows}
     con.close()
     return out

@@ -104,6 +104,9 @@ def test_input_that_kills_its_worker_becomes_a_worker_error_row(cluster_runs):
     others = media[media.source_uri != crash.source_uri.iloc[0]]
     assert len(others) == 6 and (others.status == "ok").all() and (others.n_faces >= 1).all()
     assert record["counts"]["errors"] == 1 and record["counts"]["ok"] == 6
+    for stage in ("detect", "classify"):  # the worker error row ran on no node
+        assert "None" not in record["placement"][stage]
+        assert sum(n["items"] for n in record["placement"][stage].values()) == 6
 
 
 def test_commit_log_counts_a_retried_commit_once():
