@@ -250,6 +250,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--growth", default="1,4,16",
                    help="archive multiples (copies of the input) for the memory runs")
     p.add_argument("--peers", action="store_true", help="also run the fer package's loop")
+    p.add_argument("--s3", action="store_true",
+                   help="also run the inputs from a local S3-protocol server (moto) and "
+                        "compare with local disk")
     p.add_argument("--peer-python", default=None,
                    help="Python that has `fer` installed (default: this one)")
     p.add_argument("--compare", default=None, metavar="OLD.json",
@@ -281,7 +284,7 @@ def run_bench(args: argparse.Namespace) -> int:
     bench.run_bench(bench.BenchConfig(
         inputs=tuple(args.input), output=args.output, model=args.model,
         batch_size=args.batch_size, batch_sizes=_int_list("--batch-sizes", args.batch_sizes),
-        growth=_int_list("--growth", args.growth), peers=args.peers,
+        growth=_int_list("--growth", args.growth), peers=args.peers, s3=args.s3,
         peer_python=args.peer_python, compare=args.compare, stage_sample=args.stage_sample,
         repeat=args.repeat, video_fps=args.video_fps,
         manifest_lines=_int_list("--manifest-lines", args.manifest_lines),

@@ -91,7 +91,7 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
     result = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 0
     for section in ("host", "input", "stages", "ceiling", "end_to_end", "memory", "peers",
-                    "gpu", "video", "manifest_memory"):
+                    "gpu", "video", "manifest_memory", "storage"):
         assert section in result, section
     assert set(result["stages"]["classify"]["per_face_s"]) == {"16", "64", "256"}
     assert {"decode", "detect", "crop"} <= set(result["stages"]["rates_per_core"]["files_per_s"])
@@ -109,5 +109,6 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
                     if not v > 0 and not k.endswith(MAY_BE_ZERO)}
     assert not not_positive
     assert result["peers"]["skipped"] and result["video"]["skipped"]
+    assert result["storage"]["skipped"]
     runs = result["manifest_memory"]["runs"]
     assert [(r["lines"], r["streamed"]) for r in runs] == [(1000, 1000), (5000, 5000)]

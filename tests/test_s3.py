@@ -16,6 +16,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from fer_batch import sources
+from fer_batch.bench.s3server import BUCKET, all_keys, download, moto_server, seed
 from fer_batch.cli import main
 from fer_batch.paths import child
 from fer_batch.sink import write_table
@@ -23,7 +24,6 @@ from fer_batch.sources import ListingStats, iter_media, redact, retry_transient
 from tests.conftest import SHARED_DATA
 from tests.invariants import check_invariant
 from tests.media import write_valid_images
-from tests.s3server import BUCKET, all_keys, download, moto_server, seed
 
 HOSTILE_KEYS = ("a/../../x.jpg", "/abs.jpg", "%2e%2e/y.jpg", "ü ñ 😀.jpg", "sp ace.jpg",
                 "-dash.jpg", "q?x.jpg", "h#x.jpg", "..dots.jpg")

@@ -25,6 +25,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     growth: tuple[int, ...] = (1, 4, 16)
     peers: bool = False
+    s3: bool = False
     peer_python: str | None = None
     compare: str | None = None
     stage_sample: int = 200

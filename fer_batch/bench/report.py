@@ -16,6 +16,7 @@ HEADLINES = (
     "memory.driver_growth",
     "memory.actor_growth",
     "manifest_memory.growth",
+    "storage.s3_over_local",
     "peers.fer.speed_ratio_cold",
     "peers.fer.share_of_fer_faces_we_found",
 )
@@ -55,7 +56,7 @@ def summary(result: dict[str, Any]) -> list[str]:
     """The headline figures, one per line, for the terminal."""
     flat = flatten(result)
     lines = [f"{key:45} {flat[key]:.4g}" for key in HEADLINES if key in flat]
-    for section in ("peers", "gpu", "video", "manifest_memory"):
+    for section in ("peers", "gpu", "video", "manifest_memory", "storage"):
         skipped = result.get(section, {}).get("skipped")
         if skipped:
             lines.append(f"{section} skipped: {skipped}")

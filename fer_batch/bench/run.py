@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fer_batch.bench import manifest_memory
+from fer_batch.bench import manifest_memory, storage
 from fer_batch.bench.config import BenchConfig
 from fer_batch.bench.endtoend import cold_run, rates, warm_run
 from fer_batch.bench.gpu import gpu_sweep
@@ -80,6 +80,8 @@ def _measure(cfg: BenchConfig, work: Path) -> dict[str, Any]:
     result["memory"] = growth_report(warm)
     result["peers"] = peers(cfg, entries, work, result) if cfg.peers else {
         "skipped": "not requested (--peers)"}
+    result["storage"] = storage.measure(entries, work) if cfg.s3 else {
+        "skipped": "not requested (--s3)"}
     result["manifest_memory"] = manifest_memory.measure(cfg.manifest_lines, work) if (
         cfg.manifest_lines) else {"skipped": "not requested (--manifest-lines '')"}
     result["gpu"] = gpu_sweep(cfg.model, cfg.gpu_batch_sizes)

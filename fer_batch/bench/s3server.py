@@ -1,4 +1,4 @@
-"""A real S3-protocol server for tests: moto's server as a subprocess on 127.0.0.1.
+"""A real S3-protocol server for tests and the bench: moto's server as a subprocess on 127.0.0.1.
 
 `moto_server()` starts the server in its own process, reached over HTTP like any S3
 endpoint, and stops it by its PID on exit; test modules wrap it in a fixture.
