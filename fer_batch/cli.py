@@ -59,7 +59,10 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every-n-frames", type=int, default=None)
     p.add_argument("--max-frames-per-video", type=int, default=None)
     p.add_argument("--all-frames", action="store_true", help="sample every video frame")
-    p.add_argument("--segment-seconds", type=float, default=60.0)
+    p.add_argument("--segment-seconds", type=float, default=None,
+                   help="split videos into segments of this length, each a task of its own "
+                        "(default: about 8 per video, 10 to 60 s long; a resumed run must "
+                        "use the same value)")
     p.add_argument("--manifest", default=None, help="Parquet, CSV or text file listing input URIs")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--storage-options", default=None, help="fsspec options as JSON")

@@ -63,7 +63,7 @@ class VideoConfig:
     fps: float | None = 1.0
     every_n_frames: int | None = None
     max_frames: int | None = None
-    segment_seconds: float = 60.0
+    segment_seconds: float | None = None  # None: auto, from the video's length alone
 
     def __post_init__(self) -> None:
         _require(self.fps is None or self.fps > 0, "--video-fps", "must be > 0", self.fps)
@@ -71,8 +71,8 @@ class VideoConfig:
                  "must be >= 1", self.every_n_frames)
         _require(self.max_frames is None or self.max_frames >= 1, "--max-frames-per-video",
                  "must be >= 1", self.max_frames)
-        _require(self.segment_seconds > 0, "--segment-seconds", "must be > 0",
-                 self.segment_seconds)
+        _require(self.segment_seconds is None or self.segment_seconds > 0,
+                 "--segment-seconds", "must be > 0", self.segment_seconds)
 
 
 @dataclass(frozen=True)

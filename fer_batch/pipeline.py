@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fer_batch import lease
 from fer_batch.config import AnnotateConfig
@@ -148,10 +149,20 @@ def work_items(entries: pa.Table) -> pa.Table:
 
 
 def blocks(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of tables into blocks of exactly `rows` rows (the last may be short)."""
+    """Re-cut a stream of tables into blocks of exactly `rows` rows (the last may be short).
+
+    A video segment is a block of its own: it is many frames, so it is a detection
+    task of its own, and one long video spreads over every actor.
+    """
     pending: list[pa.Table] = []
     held = 0
     for table in tables:
+        if "media_type" in table.column_names:
+            video = pc.equal(table["media_type"], "video")
+            segments = table.filter(video)
+            for i in range(segments.num_rows):
+                yield segments.slice(i, 1)
+            table = table.filter(pc.invert(video))
         pending.append(table)
         held += len(table)
         while held >= rows:
@@ -201,7 +212,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
     ds = ray.data.from_arrow_refs(refs).map_batches(
         FaceStage,
         fn_constructor_kwargs={"cfg": cfg, "spec": spec},
-        batch_size=cfg.files_per_task,
+        batch_size=None,  # one task per block: blocks are cut to size (block_rows, blocks)
         compute=ActorPoolStrategy(min_size=1, max_size=plan["detect_actors"],
                                   initial_size=plan["detect_actors"],
                                   max_tasks_in_flight_per_actor=1 if isolate else 2),

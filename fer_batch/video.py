@@ -49,6 +49,9 @@ _SLOT_EPS = 1e-9  # a frame stamped 0.999999999 s belongs to the 1 s slot
 _SEEK_MARGIN_FRAMES = 2  # seek this many frame periods before a segment's start
 _END_TOLERANCE_FRAMES = 1  # frame counts of some containers are estimates
 _PROBE_CHUNK = 16  # videos probed per Ray task
+AUTO_SEGMENTS = 8  # a video spreads over up to this many detection tasks by default
+AUTO_MIN_S = 10.0
+AUTO_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,23 @@ def sampling_horizon(fps: float, vcfg: VideoConfig) -> float:
     return vcfg.max_frames * (vcfg.every_n_frames or 1) / fps
 
 
+def segment_seconds(horizon: float, vcfg: VideoConfig) -> float:
+    """--segment-seconds, or by default a length that depends on the video alone (so a
+    resumed run cuts the same segments on any cluster): about AUTO_SEGMENTS segments,
+    none shorter than AUTO_MIN_S (each costs a seek) or longer than AUTO_MAX_S."""
+    if vcfg.segment_seconds is not None:
+        return vcfg.segment_seconds
+    return min(AUTO_MAX_S, max(AUTO_MIN_S, horizon / AUTO_SEGMENTS))
+
+
 def plan_segments(info: VideoInfo | None, vcfg: VideoConfig) -> list[tuple[float, float]]:
     """[start, end) of each segment; the first starts at 0 (owning anything earlier), the last
     is open-ended, so no frame falls outside every segment whatever the container claims."""
     if info is None or not math.isfinite(info.duration_s) or info.duration_s <= 0:
         return [(0.0, math.inf)]
     horizon = min(info.duration_s, sampling_horizon(info.fps, vcfg))
-    n = max(1, math.ceil(horizon / vcfg.segment_seconds - 1e-9))
-    size = vcfg.segment_seconds
+    size = segment_seconds(horizon, vcfg)
+    n = max(1, math.ceil(horizon / size - 1e-9))
     return [(k * size, (k + 1) * size if k < n - 1 else math.inf) for k in range(n)]
 
 

@@ -201,6 +201,17 @@ def test_100k_line_manifest_plans_in_flat_python_memory(tmp_path):
     assert big_peak < 1.5 * small_peak + 2**20, (small_peak, big_peak)
 
 
+def test_each_video_segment_is_a_block_of_its_own():
+    def items(types):
+        return pa.table({"source_uri": [f"/{i}" for i in range(len(types))],
+                         "media_type": types})
+
+    out = list(blocks([items(["image", "video", "image"]), items(["video", "video", "image"])],
+                      2))
+    assert sorted(b.column("media_type").to_pylist() for b in out) == [
+        ["image"], ["image", "image"], ["video"], ["video"], ["video"]]
+
+
 def test_blocks_recut_a_stream_exactly():
     tables = [pa.table({"x": list(range(i, i + n))}) for i, n in ((0, 5), (5, 1), (6, 40))]
     out = list(blocks(tables, 8))

@@ -204,6 +204,19 @@ def test_segments_cover_all_time_and_honour_the_cap():
     assert len(plan_segments(info, VideoConfig(fps=1.0, max_frames=15, segment_seconds=10))) == 2
 
 
+@pytest.mark.parametrize("duration, n, size", [(82.2, 8, 82.2 / 8), (9.0, 1, None),
+                                               (7200.0, 120, 60.0), (40.0, 4, 10.0)])
+def test_default_segments_depend_on_the_video_alone(duration, n, size):
+    """About 8 segments per video, 10 to 60 s long: a short video still spreads over
+    actors, a long one is not cut finer than a seek is worth."""
+    info = VideoInfo(fps=25.0, frame_count=int(duration * 25), duration_s=duration, width=1,
+                     height=1)
+    segments = plan_segments(info, VideoConfig())
+    assert len(segments) == n and segments[-1][1] == math.inf
+    if size is not None:
+        assert segments[1][0] == pytest.approx(size)
+
+
 # --- decoding synthetic videos ----------------------------------------------------------
 
 
