@@ -11,6 +11,8 @@ HEADLINES = (
     "ceiling.faces_per_s",
     "end_to_end.warm.files_per_s",
     "end_to_end.warm.efficiency",
+    "end_to_end.warm_marginal.files_per_s",
+    "end_to_end.warm_marginal.efficiency",
     "end_to_end.cold.files_per_s",
     "end_to_end.cold.efficiency",
     "memory.driver_growth",
@@ -77,9 +79,11 @@ def chart(result: dict[str, Any], path: Path) -> None:
     if classify_s > 0:
         bars["classify alone"] = cores / classify_s
     bars["ceiling"] = result["ceiling"]["files_per_s"]
-    for run in ("warm", "cold"):
-        bars[f"end to end ({run})"] = result["end_to_end"][run]["files_per_s"]
-    colors = ["#8da0cb"] * (len(bars) - 3) + ["#333333", "#66c2a5", "#fc8d62"]
+    runs = {"warm_marginal": "#1b9e77", "warm": "#66c2a5", "cold": "#fc8d62"}
+    runs = {run: color for run, color in runs.items() if run in result["end_to_end"]}
+    for run in runs:
+        bars[f"end to end ({run.replace('_', ', ')})"] = result["end_to_end"][run]["files_per_s"]
+    colors = ["#8da0cb"] * (len(bars) - len(runs) - 1) + ["#333333", *runs.values()]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.2))
     names = list(bars)[::-1]
     ax.barh(names, [bars[n] for n in names], color=colors[::-1])
