@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from fer_batch.schema import LEASE
-from fer_batch.sources import filesystem, retry_transient
+from fer_batch.sources import filesystem, redact, retry_transient
 
 
 class LeaseLost(RuntimeError):
@@ -44,7 +44,11 @@ def take(output: str, storage_options: dict[str, Any], run_id: str) -> None:
         with fs.open(path, "w") as f:
             f.write(body)
 
-    retry_transient(write)
+    try:
+        retry_transient(write)
+    except PermissionError as e:  # the first write of a run: a bad option, before Ray starts
+        raise ValueError(f"--output cannot be written (permission denied: "
+                         f"{redact(str(e), storage_options)}): {output!r}") from None
 
 
 def holder(output: str, storage_options: dict[str, Any]) -> str | None:

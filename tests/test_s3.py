@@ -217,12 +217,15 @@ def test_bad_credentials_never_leak(ray_session, tmp_path, capfd):
                      "--no-progress", "--storage-options", options]) == 0
         assert main(["annotate", f"s3://{BUCKET}/in", "--output", str(tmp_path / "o2"),
                      "--storage-options", options]) == 2
+        assert main(["annotate", "--manifest", str(manifest), "--output", f"s3://{BUCKET}/o3",
+                     "--storage-options", options]) == 2
     result = check_invariant(out)
     assert (result["media"].status == "error").all() and len(result["media"]) == 3
     assert (result["errors"].stage == "read").all()
     assert result["errors"].error_type.isin(["PermissionError"]).all()
     captured = capfd.readouterr()
     assert "cannot be read (permission denied" in captured.err
+    assert "--output cannot be written (permission denied" in captured.err
     for text in (captured.out, captured.err,
                  *(p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file())):
         assert secret not in text and key not in text
