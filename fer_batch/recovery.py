@@ -137,8 +137,8 @@ def rerun_alone(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[st
 
     from fer_batch.pipeline import build_dataset  # pipeline calls this module
 
-    alone = dataclasses.replace(cfg, files_per_task=1, batch_size=ALONE_MODEL_BATCH)
-    refs = [ray.put(items.slice(i, 1)) for i in range(items.num_rows)]
+    alone = dataclasses.replace(cfg, batch_size=ALONE_MODEL_BATCH)
+    refs = [ray.put(items.slice(i, 1)) for i in range(items.num_rows)]  # a block is a task
     ds = build_dataset(alone, spec, refs, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)
     log = CommitLog()
     for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
