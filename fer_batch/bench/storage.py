@@ -11,9 +11,11 @@ change the speed, never the result. Part of `fer-batch bench --s3`, or alone:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ BUCKET = "bench"
 
 def measure(entries: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     """Local and S3 runs over the image and video files of `entries`."""
+    if not all(os.path.isabs(e["source_uri"]) for e in entries):
+        return {"skipped": "the S3 comparison copies local files; --input is remote"}
     try:
         from fer_batch.bench.s3server import moto_server
     except ImportError as e:
@@ -29,7 +33,7 @@ def measure(entries: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     local = [Path(e["source_uri"]) for e in entries]
-    root = Path(_common_root(local))
+    root = Path(os.path.commonpath([str(p.parent) for p in local]))
     with moto_server() as s3:
         client = s3.client()
         client.create_bucket(Bucket=BUCKET)
@@ -49,14 +53,9 @@ def measure(entries: list[dict[str, Any]], work: Path) -> dict[str, Any]:
             "source_uri").to_pylist()
     local_faces = pq.read_table(work / "storage-local" / "faces").column(
         "source_uri").to_pylist()
-    per_file = {}
-    for uri in local_faces:
-        key = str(Path(uri).relative_to(root))
-        per_file[key] = per_file.get(key, 0) + 1
-    per_file_s3: dict[str, int] = {}
-    for uri in s3_faces:
-        key = uri.split(f"{BUCKET}/in/", 1)[1]
-        per_file_s3[key] = per_file_s3.get(key, 0) + 1
+    # Faces per file, keyed by the path below the input root on both sides.
+    per_file = Counter(str(Path(uri).relative_to(root)) for uri in local_faces)
+    per_file_s3 = Counter(uri.split(f"{BUCKET}/in/", 1)[1] for uri in s3_faces)
     return {**runs, "s3_over_local": runs["s3"]["files_per_s"] / runs["local"]["files_per_s"],
             "same_faces_per_file": per_file == per_file_s3,
             "timed": "whole `fer-batch annotate` processes; the S3 server runs on this machine"}
@@ -78,12 +77,6 @@ def _timed(manifest: Path, output: str, options: dict[str, Any]) -> dict[str, An
         counts = json.load(f)["counts"]
     return {"files": counts["processed"], "faces": counts["faces"], "wall_s": wall,
             "files_per_s": counts["processed"] / wall}
-
-
-def _common_root(paths: list[Path]) -> str:
-    import os
-
-    return os.path.commonpath([str(p.parent) for p in paths])
 
 
 def main(argv: list[str]) -> int:
