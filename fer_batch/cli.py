@@ -171,6 +171,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN_BATCH, help="per worker")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="cosine: each epoch at lr * (1 + cos(pi * epoch / epochs)) / 2")
     p.add_argument("--frozen-epochs", type=int, default=None,
                    help="resnet50/mobilenetv2: epochs with the backbone frozen (default: half)")
     p.add_argument("--cv-folds", type=int, default=0,
@@ -193,6 +195,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         train=args.train, val=args.val, output=args.output, arch=args.arch,
         init_from=args.init_from, epochs=args.epochs, num_workers=args.num_workers,
         use_gpu=args.use_gpu, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule=args.lr_schedule,
         frozen_epochs=args.frozen_epochs, cv_folds=args.cv_folds,
         class_weights=args.class_weights, backbone_weights=args.backbone_weights,
         align=args.align, augment=not args.no_augment, storage_path=args.storage_path,

@@ -135,6 +135,8 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
 
 ClassWeights = Literal["none", "balanced"]
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DEFAULT_TRAIN_BATCH = 64
 
 
@@ -156,6 +158,7 @@ class TrainConfig:
     use_gpu: bool = False
     batch_size: int = DEFAULT_TRAIN_BATCH
     lr: float = 1e-3
+    lr_schedule: LrSchedule = "constant"
     frozen_epochs: int | None = None
     cv_folds: int = 0
     class_weights: ClassWeights = "none"
@@ -181,6 +184,8 @@ class TrainConfig:
         _require(self.num_workers >= 1, "--num-workers", "must be >= 1", self.num_workers)
         _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
         _require(self.lr > 0, "--lr", "must be > 0", self.lr)
+        _require(self.lr_schedule in LR_SCHEDULES, "--lr-schedule",
+                 f"must be one of {LR_SCHEDULES}", self.lr_schedule)
         _require(self.frozen_epochs is None or 0 <= self.frozen_epochs <= self.epochs,
                  "--frozen-epochs", "must be between 0 and --epochs", self.frozen_epochs)
         _require(self.cv_folds == 0 or self.cv_folds >= 2, "--cv-folds",

@@ -39,7 +39,7 @@ def config(data: Path, output: Path, **overrides) -> TrainConfig:
 
 
 def test_two_workers_one_epoch_then_resume(ray_session, data, tmp_path):
-    cfg = config(data, tmp_path / "model")
+    cfg = config(data, tmp_path / "model", lr=1e-3, lr_schedule="cosine")
     first = run_train(cfg)
     assert [(h["epoch"], h["workers"]) for h in first["history"]] == [(0, 2)]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_macro_f1"} <= set(
@@ -61,6 +61,13 @@ def test_two_workers_one_epoch_then_resume(ray_session, data, tmp_path):
     second = run_train(replace(cfg, epochs=2))
     assert [h["epoch"] for h in second["history"]] == [0, 1]
     assert second["history"][0] == first["history"][0]  # resumed, not retrained
+    # cosine over 2 epochs: epoch 1 trains at half the rate, and the optimizer really used it
+    assert [h["lr"] for h in second["history"]] == pytest.approx([1e-3, 5e-4])
+    import keras
+
+    newest = max((out / "checkpoints").rglob(MODEL_FILE), key=lambda p: p.stat().st_mtime)
+    resumed = keras.saving.load_model(newest)
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(5e-4)
 
 
 def flaky_loop(config: dict, marker_dir: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -70,6 +72,11 @@ def test_plan_phases_and_state_roundtrip():
     assert plan.lr_for("top") == pytest.approx(1e-4)
     flat = TrainPlan(arch="cnn4", preprocessing=Preprocessing(), epochs=2, batch_size=8, lr=1e-3)
     assert flat.phase(0) == "all"
+    assert flat.lr_for("all", 1) == pytest.approx(1e-3)
+    cosine = replace(flat, epochs=4, lr_schedule="cosine")
+    assert [cosine.lr_for("all", e) for e in range(4)] == pytest.approx(
+        [1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 5e-4, 1e-3 * (1 - 2 ** -0.5) / 2])
+    assert replace(plan, lr_schedule="cosine").lr_for("top", 2) == pytest.approx(5e-5)
     state = TrainState().advance({"epoch": 0, "phase": "all", "loss": 1.5})
     assert state.next_epoch == 1
     assert TrainState.from_json(state.to_json()) == state
@@ -87,10 +94,11 @@ def test_cli_builds_train_config():
         "train", "--train", "data#train", "--val", "data#val", "--arch", "cnn2", "--epochs", "3",
         "--num-workers", "2", "--output", "out", "--batch-size", "16", "--lr", "0.01",
         "--class-weights", "balanced", "--cv-folds", "3", "--backbone-weights", "none",
-        "--align"])
+        "--align", "--lr-schedule", "cosine"])
     cfg = train_config(args)
     assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.cv_folds) == ("cnn2", 3, 16, 0.01, 3)
     assert cfg.class_weights == "balanced" and cfg.align and cfg.augment
+    assert cfg.lr_schedule == "cosine"
     assert cfg.checkpoints == "out/checkpoints"
 
 
@@ -103,6 +111,7 @@ def test_cli_builds_train_config():
     ({"lr": 0.0}, "--lr"),
     ({"frozen_epochs": 5, "epochs": 2}, "--frozen-epochs"),
     ({"class_weights": "inverse"}, "--class-weights"),
+    ({"lr_schedule": "step"}, "--lr-schedule"),
 ])
 def test_bad_train_options_raise_naming_the_option(overrides, option):
     values = {"train": "t", "output": "o", "arch": "cnn4", **overrides}

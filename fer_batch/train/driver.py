@@ -120,6 +120,7 @@ def make_plan(cfg: TrainConfig, arch: Arch, spec: ModelSpec, init: ModelSpec | N
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         frozen_epochs=frozen if arch.two_phase and init is None else 0,
         weights=weights,
         init_from=init,

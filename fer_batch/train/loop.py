@@ -13,6 +13,7 @@ metrics; the exported model's final metrics come from `evaluate` over every row.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -43,6 +44,7 @@ class TrainPlan:
     epochs: int
     batch_size: int
     lr: float
+    lr_schedule: str = "constant"
     frozen_epochs: int = 0
     weights: str | None = None
     init_from: ModelSpec | None = None
@@ -57,8 +59,16 @@ class TrainPlan:
             return "all"
         return "head" if epoch < self.frozen_epochs else "top"
 
-    def lr_for(self, phase: str) -> float:
-        return self.lr * FINE_TUNE_LR_FACTOR if phase == "top" else self.lr
+    def lr_for(self, phase: str, epoch: int = 0) -> float:
+        """The phase's base rate; under "cosine" it anneals towards 0 over all the epochs.
+
+        The rate depends on the epoch alone, so a resumed run trains every epoch at the
+        rate an uninterrupted one would have used.
+        """
+        base = self.lr * FINE_TUNE_LR_FACTOR if phase == "top" else self.lr
+        if self.lr_schedule == "cosine":
+            base *= (1.0 + math.cos(math.pi * epoch / self.epochs)) / 2.0
+        return base
 
 
 @dataclass(frozen=True)
@@ -98,13 +108,13 @@ def restore_or_build(plan: TrainPlan, strategy: Any, checkpoint: Any) -> tuple[A
         return get_arch(plan.arch).build(plan.weights), TrainState()
 
 
-def enter_phase(model: Any, plan: TrainPlan, phase: str, strategy: Any) -> None:
+def enter_phase(model: Any, plan: TrainPlan, phase: str, epoch: int, strategy: Any) -> None:
     """Set the trainable layers for `phase` and start a fresh optimizer at its learning rate."""
     import keras
 
     set_phase(model, get_arch(plan.arch), phase)
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(plan.lr_for(phase))
+        optimizer = keras.optimizers.Adam(plan.lr_for(phase, epoch))
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy())
         optimizer.build(model.trainable_variables)
 
@@ -208,14 +218,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(state.next_epoch, plan.epochs):
         phase = plan.phase(epoch)
         if phase != state.phase:
-            enter_phase(model, plan, phase, strategy)
+            enter_phase(model, plan, phase, epoch, strategy)
             state, steps = replace(state, phase=phase), None
         steps = steps or Steps(model, strategy, plan, context.get_world_size())
+        lr = plan.lr_for(phase, epoch)
+        model.optimizer.learning_rate = lr
         started = time.perf_counter()
         metrics: dict[str, Any] = steps.train_epoch(batches(train_shard, plan, rng, train=True))
         if val_shard is not None:
             metrics.update(steps.evaluate(batches(val_shard, plan, rng, train=False)))
-        metrics.update(epoch=epoch, phase=phase, workers=context.get_world_size(),
+        metrics.update(epoch=epoch, phase=phase, lr=lr, workers=context.get_world_size(),
                        seconds=round(time.perf_counter() - started, 2))
         state = state.advance(metrics)
         report(model, state, metrics, context.get_world_rank())
