@@ -88,7 +88,7 @@ class AnnotateConfig:
     num_gpus: float | None = None
     detect_actors: int | None = None
     classify_actors: int | None = None
-    files_per_task: int = 4  # fewest images per detection task (pipeline.block_rows)
+    files_per_task: int = 4  # fewest images per detection task (pipeline.block_sizes)
     manifest: str | None = None
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)

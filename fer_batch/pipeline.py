@@ -45,7 +45,7 @@ from fer_batch.video import expand_videos
 LISTING_CHUNK = 10_000
 WAVE_ITEMS = 50_000
 MAX_BLOCK_ROWS = 32
-BLOCKS_PER_ACTOR = 8
+GUIDE = 4
 PROGRESS_EVERY_S = 10.0
 TASK_RETRIES = 3
 _VERSIONED = ("fer-batch", "ray", "tensorflow", "keras", "opencv-python-headless", "numpy",
@@ -105,12 +105,20 @@ def clear_output(output: str, storage_options: dict[str, Any]) -> None:
             fs.rm(path, recursive=True)
 
 
-def block_rows(n_items: int | None, files_per_task: int, detect_actors: int) -> int:
-    """Rows per input block: small runs spread over every actor, big ones keep few refs."""
-    if n_items is None:
-        return MAX_BLOCK_ROWS
-    per_block = -(-n_items // (BLOCKS_PER_ACTOR * detect_actors))
-    return int(min(MAX_BLOCK_ROWS, max(files_per_task, per_block)))
+def block_sizes(n_items: int, files_per_task: int, detect_actors: int) -> Iterator[int]:
+    """Rows per image block: guided self-scheduling, so the tail of a run is short.
+
+    Each block takes 1 / (GUIDE * actors) of the images still to cut, between
+    `files_per_task` and MAX_BLOCK_ROWS. A big run is blocks of MAX_BLOCK_ROWS (few
+    refs, few commits) until its end, where blocks shrink: the last tasks finish
+    together instead of one actor working alone through a whole large block.
+    """
+    remaining = n_items
+    while True:
+        share = -(-remaining // (GUIDE * detect_actors))
+        rows = int(min(MAX_BLOCK_ROWS, max(files_per_task, share, 1)))
+        yield rows
+        remaining = max(0, remaining - rows)
 
 
 def listed_entries(cfg: AnnotateConfig, stats: ListingStats) -> Iterator[pa.Table]:
@@ -148,12 +156,15 @@ def work_items(entries: pa.Table) -> pa.Table:
             .append_column("seg_end_s", pa.array(np.full(n, np.nan))))
 
 
-def blocks(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of tables into blocks of exactly `rows` rows (the last may be short).
+def blocks(tables: Iterable[pa.Table], rows: int | Iterable[int]) -> Iterator[pa.Table]:
+    """Re-cut a stream of tables into blocks of `rows` rows (a fixed count, or one count
+    per block); the last block may be short.
 
     A video segment is a block of its own: it is many frames, so it is a detection
     task of its own, and one long video spreads over every actor.
     """
+    sizes = itertools.repeat(rows) if isinstance(rows, int) else iter(rows)
+    want = next(sizes)
     pending: list[pa.Table] = []
     held = 0
     for table in tables:
@@ -165,12 +176,27 @@ def blocks(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
             table = table.filter(pc.invert(video))
         pending.append(table)
         held += len(table)
-        while held >= rows:
+        while held >= want:
             merged = pa.concat_tables(pending)
-            yield merged.slice(0, rows).combine_chunks()
-            pending, held = [merged.slice(rows)], held - rows
+            yield merged.slice(0, want).combine_chunks()
+            pending, held = [merged.slice(want)], held - want
+            want = next(sizes)
     if held:
         yield pa.concat_tables(pending).combine_chunks()
+
+
+def waves(stream: Iterable[pa.Table], max_items: int) -> Iterator[list[pa.Table]]:
+    """Group blocks into waves of about `max_items` rows (a wave ends at a block edge)."""
+    wave: list[pa.Table] = []
+    held = 0
+    for block in stream:
+        wave.append(block)
+        held += block.num_rows
+        if held >= max_items:
+            yield wave
+            wave, held = [], 0
+    if wave:
+        yield wave
 
 
 def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
@@ -191,7 +217,7 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
             "cluster": {k: total[k] for k in ("CPU", "GPU") if k in total}}
 
 
-def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id: str,
+def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, blocks: list[pa.Table], run_id: str,
                   plan: dict[str, Any], task_retries: int = TASK_RETRIES,
                   isolate: bool = False) -> Any:
     """Three actor pools. Restarts and retries are explicit: a lost node restarts its
@@ -199,7 +225,12 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
     batch whose retries run out is dropped and redone by fer_batch.recovery.
 
     `isolate` keeps one task in flight per actor, so an input that kills its worker
-    takes no other task down with it (recovery's one-item reruns)."""
+    takes no other task down with it (recovery's one-item reruns).
+
+    `from_blocks` puts the blocks (the driver owns them, as lineage needs) and reads
+    their metadata here; `from_arrow_refs` would start a remote task per block for it,
+    and with them worker processes that cost every run about 3 s before any actor starts.
+    """
     import ray
     from ray.data import ActorPoolStrategy
     from ray.util.annotations import RayDeprecationWarning
@@ -209,10 +240,10 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, refs: list[Any], run_id:
     warnings.filterwarnings("ignore", ".*ray_remote_args.*", RayDeprecationWarning)
     in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
 
-    ds = ray.data.from_arrow_refs(refs).map_batches(
+    ds = ray.data.from_blocks(blocks).map_batches(
         FaceStage,
         fn_constructor_kwargs={"cfg": cfg, "spec": spec},
-        batch_size=None,  # one task per block: blocks are cut to size (block_rows, blocks)
+        batch_size=None,  # one task per block: blocks are cut to size (block_sizes, blocks)
         compute=ActorPoolStrategy(min_size=1, max_size=plan["detect_actors"],
                                   initial_size=plan["detect_actors"],
                                   max_tasks_in_flight_per_actor=1 if isolate else 2),
@@ -282,18 +313,17 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
               work: WorkPlan) -> None:
     """Feed the work left to Ray in waves of at most WAVE_ITEMS items.
 
-    Each wave is one dataset over at most WAVE_ITEMS / rows object refs, so neither
-    the driver's refs nor the object store grow with the archive.
+    Each wave is one dataset over about WAVE_ITEMS items, so neither the driver's
+    blocks nor the object store grow with the archive.
     """
-    import ray
 
     todo = work.counts["todo"]
-    rows = block_rows(todo, cfg.files_per_task, plan["detect_actors"])
+    rows = block_sizes(todo, cfg.files_per_task, plan["detect_actors"])
     stream = blocks((expand_videos(work_items(t), cfg) for t in work.todo()), rows)
     finished_items, last = 0, time.time()
-    while refs := [ray.put(block) for block in itertools.islice(stream, WAVE_ITEMS // rows)]:
-        ds = tolerate_failed_blocks(build_dataset(cfg, spec, refs, run_id, plan),
-                                    failed_blocks_budget(len(refs), plan))
+    for wave in waves(stream, WAVE_ITEMS):
+        ds = tolerate_failed_blocks(build_dataset(cfg, spec, wave, run_id, plan),
+                                    failed_blocks_budget(len(wave), plan))
         log = CommitLog()
         try:
             for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -306,8 +336,8 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
             lease.check(cfg.output, cfg.storage_options, run_id)  # the clearer error first
             raise
         lease.check(cfg.output, cfg.storage_options, run_id)
-        finished_items += recover(cfg, spec, run_id, plan, refs, log)
-        del refs, ds
+        finished_items += recover(cfg, spec, run_id, plan, wave, log)
+        del wave, ds
         finalize_videos(cfg.output, cfg.storage_options, run_id)
     finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave was needed
 

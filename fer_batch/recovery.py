@@ -80,18 +80,16 @@ def tolerate_failed_blocks(ds: Any, budget: int) -> Any:
 
 
 def recover(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
-            refs: list[Any], log: CommitLog) -> int:
+            blocks: list[pa.Table], log: CommitLog) -> int:
     """Commit every item of a finished wave that is not committed yet; returns how many.
 
-    `refs` are the wave's input blocks (ITEM_COLUMNS tables, owned by the driver) and
-    `log` the commits its dataset reported.
+    `blocks` are the wave's input blocks (ITEM_COLUMNS tables) and `log` the commits
+    its dataset reported.
     """
-    import ray
-
-    fed = sum(ray.get(ref).num_rows for ref in refs)
+    fed = sum(block.num_rows for block in blocks)
     if log.n_items >= fed:
         return 0
-    items = pa.concat_tables([ray.get(ref).select(list(ITEM_COLUMNS)) for ref in refs],
+    items = pa.concat_tables([block.select(list(ITEM_COLUMNS)) for block in blocks],
                              promote_options="default")
     # A video segment has no marker until its video is finalized: a short wave reruns its
     # segments, which restages them under the same names.
@@ -133,13 +131,11 @@ def rerun_alone(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[st
                 items: pa.Table) -> CommitLog:
     """Run `items` again, one per task in every stage and one task in flight per actor (a
     neighbour of a bad input must not die with it), with a small retry budget."""
-    import ray
-
     from fer_batch.pipeline import build_dataset  # pipeline calls this module
 
     alone = dataclasses.replace(cfg, batch_size=ALONE_MODEL_BATCH)
-    refs = [ray.put(items.slice(i, 1)) for i in range(items.num_rows)]  # a block is a task
-    ds = build_dataset(alone, spec, refs, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)
+    blocks = [items.slice(i, 1) for i in range(items.num_rows)]  # a block is a task
+    ds = build_dataset(alone, spec, blocks, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)
     log = CommitLog()
     for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
                                                               batch_format="numpy"):

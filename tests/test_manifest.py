@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from fer_batch.manifest import (
     iter_manifest,
     normalise_uri,
 )
-from fer_batch.pipeline import blocks
+from fer_batch.pipeline import MAX_BLOCK_ROWS, block_sizes, blocks, waves
 from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_table
 from fer_batch.records import ItemResult, item_key, results_to_batch
 from fer_batch.sink import COMMIT_SCHEMA, write_commit
@@ -217,6 +218,31 @@ def test_blocks_recut_a_stream_exactly():
     out = list(blocks(tables, 8))
     assert [len(b) for b in out] == [8] * 5 + [6]
     assert sum((b.column("x").to_pylist() for b in out), []) == list(range(46))
+
+
+def test_block_sizes_shrink_towards_the_end_of_a_run():
+    sizes = list(itertools.islice(block_sizes(380, 4, 2), 40))
+    cut, total = [], 0
+    for rows in sizes:  # what blocks() cuts from 380 images
+        cut.append(min(rows, 380 - total))
+        total += cut[-1]
+        if total == 380:
+            break
+    assert sum(cut) == 380
+    assert cut[0] == MAX_BLOCK_ROWS and cut == sorted(cut, reverse=True)
+    assert max(cut[-4:]) == 4  # the last tasks are small: no actor works alone at the end
+    assert len(cut) < 380 / 8  # still few blocks (and commits)
+    assert set(itertools.islice(block_sizes(10**7, 4, 2), 1000)) == {MAX_BLOCK_ROWS}
+    assert next(block_sizes(3, 4, 16)) == 4 and next(block_sizes(3, 1, 16)) == 1
+
+
+def test_blocks_follow_a_size_sequence_and_waves_group_them():
+    tables = [pa.table({"x": list(range(i, i + n))}) for i, n in ((0, 7), (7, 13))]
+    out = list(blocks(tables, iter([8, 5, 3, 2, 2, 2])))
+    assert [len(b) for b in out] == [8, 5, 3, 2, 2]
+    assert sum((b.column("x").to_pylist() for b in out), []) == list(range(20))
+    assert [[len(b) for b in w] for w in waves(out, 10)] == [[8, 5], [3, 2, 2]]
+    assert list(waves([], 10)) == []
 
 
 def test_workers_fill_unknown_versions(tmp_path):
