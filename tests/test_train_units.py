@@ -128,3 +128,19 @@ def test_init_from_unknown_model_is_a_plain_error(capsys, tmp_path):
     assert main(["train", "--train", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--init-from", "no-such-model"]) == 2
     assert "--init-from: unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_card_lists_each_epochs_learning_rate():
+    from fer_batch.train.archs import ARCHS
+    from fer_batch.train.driver import target_spec
+    from fer_batch.train.export import card_text
+
+    cfg = TrainConfig(train="t", output="runs/m", arch="cnn4", lr_schedule="cosine")
+    spec = target_spec(cfg, ARCHS["cnn4"], None)
+    history = ({"epoch": 0, "phase": "all", "loss": 1.5, "seconds": 3.0},  # before lr was kept
+               {"epoch": 1, "phase": "all", "lr": 3.45e-5, "loss": 1.2, "seconds": 3.0})
+    text = card_text(cfg, spec, [1] * 7, history, None, None)
+    assert "| epoch | phase | lr | loss | seconds |" in text
+    assert "| 0 | all | — | 1.5000 | 3.0000 |" in text
+    assert "| 1 | all | 3.45e-05 | 1.2000 | 3.0000 |" in text
+    assert '"lr_schedule": "cosine"' in text

@@ -132,13 +132,37 @@ def cold_run(inputs: tuple[str, ...], output: str, model: str, batch_size: int,
     return {"wall_s": wall, "counts": output_counts(output), "memory": sampler.report()}
 
 
+def wait_actors_gone(pid: int, timeout_s: float = 60.0) -> float:
+    """Wait until no Ray Data actor below `pid` is alive; returns the seconds waited.
+
+    Ray Data lets a finished run's actors exit on their own, and a TensorFlow process
+    takes about a second of CPU to exit: without this, each warm run would pay for
+    its predecessor's exit instead of its own.
+    """
+    root, start = psutil.Process(pid), time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        alive = []
+        for proc in root.children(recursive=True):
+            try:
+                if ACTOR_MARK in " ".join(proc.cmdline()):
+                    alive.append(proc)
+            except psutil.Error:
+                continue
+        if not alive:
+            break
+        psutil.wait_procs(alive, timeout=0.5)
+    return time.perf_counter() - start
+
+
 def warm_run(inputs: tuple[str, ...], output: str, model: str, batch_size: int,
              detect: DetectConfig, video_fps: float) -> dict[str, Any]:
-    """One `pipeline.annotate` in this process (Ray already up); timed per run."""
+    """One `pipeline.annotate` in this process (Ray already up); timed per run, from a
+    machine that no earlier run's actors still occupy."""
     from fer_batch.pipeline import annotate
 
     cfg = AnnotateConfig(inputs=inputs, output=output, model=model, batch_size=batch_size,
                          detect=detect, video=VideoConfig(fps=video_fps), progress=False)
+    wait_actors_gone(os.getpid())  # the previous run's actors, still exiting
     with RssSampler(os.getpid()) as sampler:
         start = time.perf_counter()
         annotate(cfg)

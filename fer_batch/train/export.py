@@ -81,9 +81,9 @@ def card_text(cfg: TrainConfig, spec: ModelSpec, counts: list[int],
               cv: dict[str, Any] | None) -> str:
     """The model card: data, configuration, curves, final metrics."""
     config = {k: v for k, v in cfg.public_dict().items() if v not in (None, [], {})}
-    keys = [k for k in ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy",
-                        "val_macro_f1", "seconds") if all(k in h for h in history)]
-    epochs = [[_fmt(h[k]) for k in keys] for h in history]
+    keys = [k for k in ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_accuracy",
+                        "val_macro_f1", "seconds") if any(k in h for h in history)]
+    epochs = [[_fmt(h[k]) if k in h else "—" for k in keys] for h in history]  # —: not recorded
     parts = [
         f"# {spec.name}\n\n{spec.provenance}.\n",
         "## Data\n",
@@ -114,7 +114,9 @@ def card_text(cfg: TrainConfig, spec: ModelSpec, counts: list[int],
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
 
 
 def upload(local: Path, output: str, storage_options: dict[str, Any]) -> None:
