@@ -12,7 +12,7 @@ import pytest
 
 from fer_batch.bench import BenchConfig
 from fer_batch.bench.peers import iou, matched
-from fer_batch.bench.report import compare, flatten
+from fer_batch.bench.report import compare, flatten, load_warning, summary
 from fer_batch.bench.stages import ceiling, group_copies, pick_sample
 
 # Figures that may rightly be zero: counts of things absent, growth at a single size, the
@@ -56,6 +56,14 @@ def test_compare_lists_numeric_changes():
     assert flatten(new) == {"ceiling.files_per_s": 12.5, "host.cpus": 4.0}
     (line,) = compare(old, new)
     assert line.startswith("ceiling.files_per_s") and line.endswith("+25.0%")
+
+
+def test_a_busy_start_is_flagged():
+    quiet = {"host": {"cpus": 2, "load_avg_start": [0.45, 1.4, 2.3]}}
+    busy = {"host": {"cpus": 2, "load_avg_start": [1.57, 2.2, 2.3]}}
+    assert load_warning(quiet["host"]) is None and summary(quiet) == []
+    assert "load average 1.57 on 2 cores" in load_warning(busy["host"])
+    assert summary(busy) == [load_warning(busy["host"])]
 
 
 @pytest.mark.parametrize("kwargs, option", [

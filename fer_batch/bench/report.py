@@ -54,10 +54,27 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
+BUSY_LOAD_PER_CORE = 0.25
+
+
+def load_warning(host: dict[str, Any]) -> str | None:
+    """A warning when the machine was busy as the bench began: the stage loop (and so the
+    ceiling) runs first and is the figure most sensitive to other load."""
+    cpus = host.get("cpus") or 1
+    load = (host.get("load_avg_start") or [0.0])[0]
+    if load <= BUSY_LOAD_PER_CORE * cpus:
+        return None
+    return (f"warning: 1-minute load average {load:.2f} on {cpus} cores when the bench began; "
+            "the stage rates and the ceiling may be low, and every efficiency high. Rerun "
+            "on a quiet machine.")
+
+
 def summary(result: dict[str, Any]) -> list[str]:
     """The headline figures, one per line, for the terminal."""
     flat = flatten(result)
     lines = [f"{key:45} {flat[key]:.4g}" for key in HEADLINES if key in flat]
+    if warning := load_warning(result.get("host", {})):
+        lines.append(warning)
     for section in ("peers", "gpu", "video", "manifest_memory", "storage"):
         skipped = result.get(section, {}).get("skipped")
         if skipped:
