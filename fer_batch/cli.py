@@ -8,12 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fer_batch.config import (
+    CLASS_WEIGHTS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     DEFAULT_MIN_FACE,
     DEFAULT_TRAIN_BATCH,
     DETECTORS,
+    LR_SCHEDULES,
     AnnotateConfig,
     DetectConfig,
     EvaluateConfig,
@@ -171,13 +173,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN_BATCH, help="per worker")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                    help="cosine: each epoch at lr * (1 + cos(pi * epoch / epochs)) / 2")
     p.add_argument("--frozen-epochs", type=int, default=None,
                    help="resnet50/mobilenetv2: epochs with the backbone frozen (default: half)")
     p.add_argument("--cv-folds", type=int, default=0,
                    help="K-fold cross-validation on the training data first (0: off)")
-    p.add_argument("--class-weights", default="none", choices=("none", "balanced"))
+    p.add_argument("--class-weights", default="none", choices=CLASS_WEIGHTS)
     p.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
     p.add_argument("--align", action="store_true", help="level the eyes (same at inference)")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")

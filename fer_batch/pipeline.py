@@ -116,7 +116,7 @@ def block_sizes(n_items: int, files_per_task: int, detect_actors: int) -> Iterat
     remaining = n_items
     while True:
         share = -(-remaining // (GUIDE * detect_actors))
-        rows = int(min(MAX_BLOCK_ROWS, max(files_per_task, share, 1)))
+        rows = min(MAX_BLOCK_ROWS, max(files_per_task, share))
         yield rows
         remaining = max(0, remaining - rows)
 
@@ -217,7 +217,7 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
             "cluster": {k: total[k] for k in ("CPU", "GPU") if k in total}}
 
 
-def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, blocks: list[pa.Table], run_id: str,
+def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, wave: list[pa.Table], run_id: str,
                   plan: dict[str, Any], task_retries: int = TASK_RETRIES,
                   isolate: bool = False) -> Any:
     """Three actor pools. Restarts and retries are explicit: a lost node restarts its
@@ -227,7 +227,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, blocks: list[pa.Table], 
     `isolate` keeps one task in flight per actor, so an input that kills its worker
     takes no other task down with it (recovery's one-item reruns).
 
-    `from_blocks` puts the blocks (the driver owns them, as lineage needs) and reads
+    `from_blocks` puts the wave's blocks (the driver owns them, as lineage needs) and reads
     their metadata here; `from_arrow_refs` would start a remote task per block for it,
     and with them worker processes that cost every run about 3 s before any actor starts.
     """
@@ -240,7 +240,7 @@ def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, blocks: list[pa.Table], 
     warnings.filterwarnings("ignore", ".*ray_remote_args.*", RayDeprecationWarning)
     in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
 
-    ds = ray.data.from_blocks(blocks).map_batches(
+    ds = ray.data.from_blocks(wave).map_batches(
         FaceStage,
         fn_constructor_kwargs={"cfg": cfg, "spec": spec},
         batch_size=None,  # one task per block: blocks are cut to size (block_sizes, blocks)
@@ -316,7 +316,6 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
     Each wave is one dataset over about WAVE_ITEMS items, so neither the driver's
     blocks nor the object store grow with the archive.
     """
-
     todo = work.counts["todo"]
     rows = block_sizes(todo, cfg.files_per_task, plan["detect_actors"])
     stream = blocks((expand_videos(work_items(t), cfg) for t in work.todo()), rows)

@@ -108,13 +108,14 @@ def restore_or_build(plan: TrainPlan, strategy: Any, checkpoint: Any) -> tuple[A
         return get_arch(plan.arch).build(plan.weights), TrainState()
 
 
-def enter_phase(model: Any, plan: TrainPlan, phase: str, epoch: int, strategy: Any) -> None:
-    """Set the trainable layers for `phase` and start a fresh optimizer at its learning rate."""
+def enter_phase(model: Any, plan: TrainPlan, phase: str, strategy: Any) -> None:
+    """Set the trainable layers for `phase` and start a fresh optimizer (the training loop
+    sets its learning rate before each epoch)."""
     import keras
 
     set_phase(model, get_arch(plan.arch), phase)
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(plan.lr_for(phase, epoch))
+        optimizer = keras.optimizers.Adam(plan.lr_for(phase))
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy())
         optimizer.build(model.trainable_variables)
 
@@ -218,7 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(state.next_epoch, plan.epochs):
         phase = plan.phase(epoch)
         if phase != state.phase:
-            enter_phase(model, plan, phase, epoch, strategy)
+            enter_phase(model, plan, phase, strategy)
             state, steps = replace(state, phase=phase), None
         steps = steps or Steps(model, strategy, plan, context.get_world_size())
         lr = plan.lr_for(phase, epoch)
