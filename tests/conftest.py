@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fer_batch.train.cpu import cap_onednn_isa
+
+# Tests train models in this process: cap oneDNN before any TensorFlow op runs.
+cap_onednn_isa()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -113,3 +113,34 @@ def test_backbone_weights_failure_is_plain(tmp_path):
     none = TrainConfig(train="t", output="o", arch="resnet50", backbone_weights="none")
     assert backbone_weights(none, arch) is None
     assert backbone_weights(cfg, ARCHS["cnn4"]) is None
+
+
+_ONEDNN_CRASH = """
+import tensorflow as tf
+from fer_batch.train.cpu import cap_onednn_isa
+cap_onednn_isa()  # after the import, before the first op: as the training loop does
+x, w = tf.random.uniform((2, 62, 62, 8)), tf.random.uniform((1, 1, 8, 16))
+
+@tf.function
+def filter_gradient(x, w):
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        y = tf.reduce_sum(tf.nn.conv2d(x, w, strides=2, padding="SAME"))
+    return tape.gradient(y, w)
+
+print(filter_gradient(x, w).shape)
+"""
+
+
+def test_stride2_1x1_filter_gradient_survives_in_a_fresh_process():
+    """The op behind the mini-XCEPTION/ResNet50 training crash (fer_batch/train/cpu.py)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")}
+    done = subprocess.run([sys.executable, "-c", _ONEDNN_CRASH], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(1, 1, 8, 16)" in done.stdout

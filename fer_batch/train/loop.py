@@ -28,6 +28,7 @@ from fer_batch.preprocess import scale_batch
 from fer_batch.registry import ModelSpec, Preprocessing, load_keras_model
 from fer_batch.train.archs import N_CLASSES, get_arch, set_phase
 from fer_batch.train.augment import augment_batch
+from fer_batch.train.cpu import cap_onednn_isa
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
@@ -205,6 +206,7 @@ def report(model: Any, state: TrainState, metrics: dict[str, Any], rank: int) ->
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: resume or build, then train, validate and checkpoint each epoch."""
+    cap_onednn_isa()  # before the first TensorFlow op of this worker
     import ray.train
     import tensorflow as tf
 
