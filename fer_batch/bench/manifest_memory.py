@@ -75,7 +75,9 @@ def measure(sizes: tuple[int, ...], work: Path) -> dict[str, Any]:
         manifest = write_manifest(work / f"manifest-{lines}.txt", lines)
         out = subprocess.run(
             [sys.executable, "-m", "fer_batch.bench.manifest_memory", "--one", str(manifest),
-             str(work / f"out-{lines}")], capture_output=True, text=True, check=True)
+             str(work / f"out-{lines}")], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"planning {lines} lines failed:\n{out.stderr[-3000:]}")
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         manifest.unlink()
     base = runs[0]["peak_rss_mb"]
