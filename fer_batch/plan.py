@@ -216,7 +216,10 @@ class WorkPlan:
         path = os.path.join(self.dir, "todo.parquet")
         self._exec("COPY (SELECT * EXCLUDE (ord, listed) FROM todo ORDER BY ord) "
                    f"TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})")
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        # Neither pre-buffering nor reader threads: with either, pyarrow keeps what it read
+        # ahead (a 10M-row file grew the reader by 470 MB; without, by 7 MB).
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=rows, use_threads=False):
             yield pa.Table.from_batches([batch])
             pa.default_memory_pool().release_unused()  # or the allocator keeps what it freed
 
