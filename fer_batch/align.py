@@ -1,9 +1,10 @@
 """Face alignment: rotate a face crop so that its eyes are level.
 
 Used when a model's `Preprocessing.align` is true, at training and at inference alike
-(`prepare_face` calls `align_face` on the grey crop before equalising and resizing).
-A face whose two eyes are not found is returned unchanged: alignment is a
-refinement, never a reason to drop a face.
+(`prepare_face` rotates the crop before equalising and resizing). The eyes come from the
+detector's keypoints when it gave any (BlazeFace, MTCNN), from OpenCV's eye cascade
+otherwise (Haar boxes; FER-2013's ready-cut faces at training). A face whose two eyes are
+not found is returned unchanged: alignment is a refinement, never a reason to drop a face.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def eye_angle(grey: np.ndarray) -> float:
     (lx, ly), (rx, ry) = centres
     angle = math.degrees(math.atan2(ry - ly, rx - lx))
     return angle if abs(angle) <= MAX_TILT_DEG else 0.0
+
+
+def keypoint_angle(eyes: np.ndarray | None) -> float | None:
+    """Degrees to rotate by to level a detector's eyes, (2, 2) as the subject's left eye and
+    right eye (x, y) in any pixels; None when there are none (NaN)."""
+    if eyes is None or not np.isfinite(eyes).all():
+        return None
+    (sl_x, sl_y), (sr_x, sr_y) = np.asarray(eyes, np.float64)
+    # The subject's right eye is on the image's left: from it to the left eye, as eye_angle.
+    return math.degrees(math.atan2(sl_y - sr_y, sl_x - sr_x))
 
 
 def rotate(face: np.ndarray, angle: float) -> np.ndarray:

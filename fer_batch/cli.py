@@ -13,6 +13,7 @@ from fer_batch.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     DEFAULT_MIN_FACE,
+    DEFAULT_MIN_SCORE,
     DEFAULT_TRAIN_BATCH,
     DETECTORS,
     LR_SCHEDULES,
@@ -44,15 +45,9 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, help="output directory or URL")
     p.add_argument("--model", default="fer-mini-xception",
                    help="registry name, trained model directory or .keras file")
-    p.add_argument("--detector", default="haar", choices=DETECTORS)
+    add_detect_arguments(p)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="faces per model call")
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
-                   help="detect on a copy at most this long (0: full resolution)")
-    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,
-                   help="smallest face to find, in original pixels")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="larger images become error rows without being decoded")
     p.add_argument("--num-gpus", type=float, default=None,
                    help="GPUs per classifier actor (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--detect-actors", type=int, default=None)
@@ -81,8 +76,7 @@ def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
         output=args.output,
         model=args.model,
         batch_size=args.batch_size,
-        detect=DetectConfig(detector=args.detector, max_side=args.max_side,
-                            min_face=args.min_face, max_pixels=args.max_pixels),
+        detect=detect_config(args),
         video=VideoConfig(fps=fps, every_n_frames=every_n,
                           max_frames=args.max_frames_per_video,
                           segment_seconds=args.segment_seconds),
@@ -273,10 +267,26 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="manifest sizes whose planning peak driver RSS is compared "
                         "('' to skip)")
     p.add_argument("--gpu-batch-sizes", default="64,128,256,512,1024")
-    p.add_argument("--detector", default="haar", choices=DETECTORS)
-    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
-    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE)
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    add_detect_arguments(p)
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", default=DetectConfig.detector, choices=DETECTORS,
+                   help="blazeface (MediaPipe, the default), haar (OpenCV frontal cascade, "
+                        "as the fer package) or mtcnn")
+    p.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                   help="haar: detect on a copy at most this long (0: full resolution)")
+    p.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE,
+                   help="smallest face to find, in original pixels (the side of a Haar box)")
+    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE,
+                   help="blazeface: smallest detection confidence kept")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images become error rows without being decoded")
+
+
+def detect_config(args: argparse.Namespace) -> DetectConfig:
+    return DetectConfig(detector=args.detector, max_side=args.max_side, min_face=args.min_face,
+                        min_score=args.min_score, max_pixels=args.max_pixels)
 
 
 def _int_list(option: str, text: str) -> tuple[int, ...]:
@@ -297,8 +307,7 @@ def run_bench(args: argparse.Namespace) -> int:
         repeat=args.repeat, video_fps=args.video_fps,
         manifest_lines=_int_list("--manifest-lines", args.manifest_lines),
         gpu_batch_sizes=_int_list("--gpu-batch-sizes", args.gpu_batch_sizes),
-        detect=DetectConfig(detector=args.detector, max_side=args.max_side,
-                            min_face=args.min_face, max_pixels=args.max_pixels)))
+        detect=detect_config(args)))
     return 0
 
 

@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Detector = Literal["haar", "mtcnn"]
-DETECTORS: tuple[str, ...] = ("haar", "mtcnn")
+Detector = Literal["blazeface", "haar", "mtcnn"]
+DETECTORS: tuple[str, ...] = ("blazeface", "haar", "mtcnn")
 
 # Chosen by measurement on ../shared/data/photos (README, "Performance"): every
 # downscaled copy tried (long side 1280 with floors of 24-48 px on the face) lost
@@ -25,6 +25,10 @@ DEFAULT_MIN_FACE = 50
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_PIXELS = 100_000_000
 HAAR_WINDOW = 24
+# BlazeFace's confidence threshold (--min-score). Chosen on FER-2013 val faces placed in
+# scenes and on the photos' by-eye counts (README, "Detection"): MediaPipe's own graph uses
+# 0.65 for this model.
+DEFAULT_MIN_SCORE = 0.65
 
 
 def _require(ok: bool, option: str, rule: str, value: Any) -> None:
@@ -36,9 +40,11 @@ def _require(ok: bool, option: str, rule: str, value: Any) -> None:
 class DetectConfig:
     """Face detection settings, shared by annotate, evaluate's alignment and the bench."""
 
-    detector: Detector = "haar"
+    detector: Detector = "blazeface"
     max_side: int = DEFAULT_MAX_SIDE
+    # In Haar's box convention for every detector (detect.HAAR_SIDE says how boxes compare).
     min_face: int = DEFAULT_MIN_FACE
+    min_score: float = DEFAULT_MIN_SCORE
     scale_factor: float = 1.1
     min_neighbors: int = 5
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -54,6 +60,7 @@ class DetectConfig:
                  self.scale_factor)
         _require(self.min_neighbors >= 0, "--min-neighbors", "must be >= 0", self.min_neighbors)
         _require(self.max_pixels >= 1, "--max-pixels", "must be >= 1", self.max_pixels)
+        _require(0.0 < self.min_score < 1.0, "--min-score", "must be in (0, 1)", self.min_score)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from fer_batch import lease
 from fer_batch.config import AnnotateConfig
+from fer_batch.detect import check_detector
 from fer_batch.faces import FaceStage
 from fer_batch.infer import ClassifyStage
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
@@ -76,6 +77,7 @@ def prepare(cfg: AnnotateConfig) -> ModelSpec:
     """All checks that must pass before Ray starts or anything is written."""
     spec = resolve_model(cfg.model)
     weights_path(spec, cfg.storage_options)
+    check_detector(cfg.detect)
     check_inputs(cfg.inputs, cfg.storage_options)
     check_manifest(cfg.manifest, cfg.storage_options)
     check_output(cfg.output, cfg.storage_options)

@@ -25,16 +25,21 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def prepare_face(face: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Crop pixels (BGR or grey, uint8) -> uint8 array of the model's input shape."""
+def prepare_face(face: np.ndarray, spec: ModelSpec, eyes: np.ndarray | None = None) -> np.ndarray:
+    """Crop pixels (BGR or grey, uint8) -> uint8 array of the model's input shape.
+
+    `eyes` (2, 2): the detector's subject-left and subject-right eye in the crop's pixels,
+    used for alignment when finite; otherwise the eye cascade finds them.
+    """
     import cv2
 
     pre = spec.preprocessing
     height, width, channels = spec.input_shape
     if pre.align:  # eyes level, the same at training and inference
-        from fer_batch.align import eye_angle, rotate
+        from fer_batch.align import eye_angle, keypoint_angle, rotate
 
-        face = rotate(face, eye_angle(to_grey(face)))
+        angle = keypoint_angle(eyes)
+        face = rotate(face, eye_angle(to_grey(face)) if angle is None else angle)
     if pre.color == "grey":
         face = to_grey(face)
         if pre.equalize:

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from fer_batch.schema import STATUS_ERROR, STATUS_OK, STATUS_PARTIAL
+from fer_batch.schema import KEYPOINT_COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_PARTIAL
 
 # Columns of the per-face metadata matrix carried in `faces`.
 META_COLUMNS = ("frame_index", "timestamp_s", "face_index", "bbox_x", "bbox_y", "bbox_w",
-                "bbox_h", "det_score", "track_id")
+                "bbox_h", "det_score", "track_id", *KEYPOINT_COLUMNS)
+KEYPOINTS_AT = META_COLUMNS.index(KEYPOINT_COLUMNS[0])
 N_META = len(META_COLUMNS)
 
 # Columns every work item carries from the listing.

@@ -40,6 +40,10 @@ STAGE_CLASSIFY = "classify"
 STAGE_WORKER = "worker"
 
 _SCORES = [pa.field(name, pa.float32()) for name in EMOTIONS]
+# The subject's own left and right (a frontal face's left eye is on the image's right), in
+# original pixels; null where the detector gives none (Haar).
+KEYPOINT_COLUMNS = ("left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y")
+_KEYPOINTS = [pa.field(name, pa.float32()) for name in KEYPOINT_COLUMNS]
 
 FACES_SCHEMA = pa.schema(
     [
@@ -54,6 +58,7 @@ FACES_SCHEMA = pa.schema(
         pa.field("bbox_w", pa.int32(), nullable=False),
         pa.field("bbox_h", pa.int32(), nullable=False),
         pa.field("det_score", pa.float32(), nullable=False),
+        *_KEYPOINTS,
         *_SCORES,
         pa.field("emotion", pa.string(), nullable=False),
         pa.field("emotion_score", pa.float32(), nullable=False),

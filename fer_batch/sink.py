@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from fer_batch import lease
 from fer_batch.paths import child
-from fer_batch.records import N_META
+from fer_batch.records import KEYPOINTS_AT, N_META
 from fer_batch.schema import (
     COMMITS_DIR,
     EMOTIONS,
@@ -31,6 +31,7 @@ from fer_batch.schema import (
     ERRORS_SCHEMA,
     FACES,
     FACES_SCHEMA,
+    KEYPOINT_COLUMNS,
     MEDIA,
     MEDIA_SCHEMA,
     SCHEMAS,
@@ -95,6 +96,8 @@ def faces_table(batch: dict[str, np.ndarray], run_id: str, model: str) -> pa.Tab
         "bbox_h": meta[:, 6].astype(np.int32),
         "det_score": meta[:, 7].astype(np.float32),
     }
+    for k, name in enumerate(KEYPOINT_COLUMNS):
+        columns[name] = pa.array(meta[:, KEYPOINTS_AT + k].astype(np.float32), from_pandas=True)
     for k, name in enumerate(EMOTIONS):
         columns[name] = scores[:, k].astype(np.float32)
     columns["emotion"] = np.array([EMOTIONS[k] for k in best], dtype=object)

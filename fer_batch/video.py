@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_batch.config import AnnotateConfig, VideoConfig
-from fer_batch.faces import EMPTY, crop_faces, detection_scale, face_meta, resize_to_scale
+from fer_batch.detect import EMPTY, decode_colour, detection_scale, resize_to_scale
+from fer_batch.faces import crop_faces, face_meta
 from fer_batch.images import MediaError
 from fer_batch.preprocess import to_grey
 from fer_batch.records import N_META, ItemResult, item_key
@@ -286,7 +287,7 @@ def missing_frames(info: VideoInfo, start: float, end: float,
 def detect_frame(pixels: np.ndarray, cfg: AnnotateConfig, spec: ModelSpec,
                  detector: Any) -> tuple[Any, np.ndarray]:
     """Detections (original pixels) and model-sized crops of one decoded frame."""
-    if spec.preprocessing.color == "grey":
+    if decode_colour(cfg.detect.detector, spec.preprocessing.color) == "grey":
         pixels = to_grey(pixels)
     height, width = pixels.shape[:2]
     target = detection_scale(width, height, cfg.detect)

@@ -128,3 +128,25 @@ def test_unwritable_output_and_missing_input(archive, tmp_path, capsys):
     assert main(["annotate", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
     assert "INPUT does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_blazeface_keypoints_lie_in_their_boxes(annotated):
+    """The default detector writes each face's eyes and nose tip, in original pixels."""
+    faces = check_invariant(annotated)["faces"]
+    assert len(faces) and faces[["left_eye_x", "right_eye_x", "nose_x"]].notna().all().all()
+    for axis, size in (("x", "bbox_w"), ("y", "bbox_h")):
+        start = faces[f"bbox_{axis}"] - 0.1 * faces[size]
+        stop = faces[f"bbox_{axis}"] + 1.1 * faces[size]
+        for point in ("left_eye", "right_eye", "nose"):
+            assert faces[f"{point}_{axis}"].between(start, stop).all(), point
+    upright = faces[faces.source_uri.str.endswith("UPPER.JPG")].iloc[0]
+    assert upright.left_eye_x > upright.nose_x > upright.right_eye_x  # the subject's left
+
+
+def test_haar_leaves_keypoints_null(ray_session, archive, tmp_path):
+    root, valid, _ = archive
+    out = tmp_path / "haar"
+    assert main(["annotate", str(root / "good"), "--output", str(out), "--no-progress",
+                 "--detector", "haar"]) == 0
+    faces = check_invariant(out)["faces"]
+    assert len(faces) and faces[["left_eye_x", "nose_y"]].isna().all().all()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fer_batch.config import DetectConfig
-from fer_batch.faces import HaarDetector, MtcnnDetector, resize_to_scale
+from fer_batch.detect import HaarDetector, MtcnnDetector, resize_to_scale
 from tests.media import astronaut
 
 ASTRONAUT_FACE = (180, 60, 90, 110)  # x, y, w, h, roughly, in the 512x512 original

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fer_batch.config import AnnotateConfig, VideoConfig
-from fer_batch.faces import make_detector
+from fer_batch.detect import make_detector
 from fer_batch.records import ITEM_COLUMNS, results_to_batch
 from fer_batch.registry import resolve_model
 from fer_batch.schema import EMOTIONS, SCHEMAS

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fer_batch.config import AnnotateConfig, DetectConfig, VideoConfig, parse_storage_options
-from fer_batch.faces import Detections, crop_faces, detection_scale
+from fer_batch.detect import Detections, detection_scale
+from fer_batch.faces import crop_faces
 from fer_batch.infer import classify
 from fer_batch.preprocess import scale_batch
 from fer_batch.registry import Preprocessing, load_registry, resolve_model
@@ -46,10 +47,18 @@ def test_media_type_by_extension_case_insensitive():
 
 
 def test_detection_scale_never_shrinks_min_face_below_window():
-    cfg = DetectConfig(max_side=640, min_face=48)
-    assert detection_scale(4000, 3000, cfg) == pytest.approx(0.5)
-    assert detection_scale(500, 400, cfg) == 1.0
-    assert detection_scale(4000, 3000, DetectConfig(max_side=0)) == 1.0
+    haar = DetectConfig(detector="haar", max_side=640, min_face=48)
+    assert detection_scale(4000, 3000, haar) == pytest.approx(0.5)  # 24-px window / 48
+    assert detection_scale(500, 400, haar) == 1.0
+    assert detection_scale(4000, 3000, DetectConfig(detector="haar", max_side=0)) == 1.0
+    # BlazeFace: a --min-face face (0.85 of Haar's side) stays 20 px at the finest level,
+    # and that floor is the scale even with --max-side 0 (the pyramid never upsamples).
+    blaze = DetectConfig(detector="blazeface", max_side=640, min_face=48)
+    assert detection_scale(4000, 3000, blaze) == pytest.approx(20 / (48 * 0.85))
+    assert detection_scale(4000, 3000, DetectConfig(detector="blazeface", max_side=0,
+                                                    min_face=48)) == pytest.approx(20 / 40.8)
+    assert detection_scale(500, 400, DetectConfig(detector="blazeface", max_side=640,
+                                                   min_face=24)) == 1.0
 
 
 def test_crop_maps_boxes_through_scale():

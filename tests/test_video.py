@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fer_batch.config import AnnotateConfig, VideoConfig
-from fer_batch.faces import make_detector
+from fer_batch.detect import make_detector
 from fer_batch.images import MediaError
 from fer_batch.registry import resolve_model
 from fer_batch.video import (

@@ -11,7 +11,7 @@ import pytest
 
 from fer_batch.cli import main
 from fer_batch.config import AnnotateConfig, VideoConfig
-from fer_batch.faces import make_detector
+from fer_batch.detect import make_detector
 from fer_batch.registry import resolve_model
 from fer_batch.schema import SCHEMAS
 from fer_batch.video import detect_segment

