@@ -25,16 +25,20 @@ from fer_batch.schema import COMMITS_DIR, TABLES
 from fer_batch.sink import join
 from fer_batch.sources import filesystem, retry_transient
 
-MEMORY_LIMIT = "64MB"
+# 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
+# buffers grew the driver from 185 MB (10k lines) to 248 MB (10M, +34%); with these the
+# growth is 197 -> 231 MB (+17%; fer_batch.bench.manifest_memory, DuckDB 2.0.1).
+MEMORY_LIMIT = "40MB"
 # One DuckDB thread. DuckDB 2.0's grouped aggregate (the dedup in WorkPlan.resolve) sizes
 # its hash tables per thread and, under a 64 MB limit, fails with OutOfMemoryException
 # from about 400k distinct URIs at two threads (the default on a 2-core machine; more
 # cores fail sooner) instead of spilling. With one thread it spills and plans 10M lines.
 # Planning is a small part of a run: 1M lines resolve in under a second on one thread.
 THREADS = 1
-DEDUP_ROWS = 1_000_000  # listed rows per dedup partition (WorkPlan._dedup)
+DEDUP_ROWS = 250_000  # listed rows per dedup partition (WorkPlan._dedup)
 _PREFIX = "fer-batch-plan-"
 TODO_BATCH_ROWS = 4096
+SORT_ROWS = 1_000_000  # listing positions per sorted range of the work left (todo)
 STAT_BATCH_ROWS = 256
 StatFn = Callable[[Iterator[pa.Table]], Iterator[pa.Table]]
 
@@ -169,7 +173,7 @@ class WorkPlan:
         """`items`: the first listing of each URI, in hash partitions of DEDUP_ROWS rows.
 
         A grouped aggregate, not a window (the window over a million distinct URIs does
-        not fit in a small memory limit), and one per partition: under the 64 MB limit,
+        not fit in a small memory limit), and one per partition: under a 64 MB limit,
         DuckDB 2.0's aggregate over 10M distinct URIs fails with OutOfMemoryException
         even on one thread, instead of spilling. Each partition is a scan of `cand`.
         """
@@ -207,21 +211,27 @@ class WorkPlan:
     def todo(self, rows: int = TODO_BATCH_ROWS) -> Iterator[pa.Table]:
         """The work left, in listing order, as tables of at most `rows` rows.
 
-        DuckDB sorts it into a Parquet spill file (an external sort, under the memory
-        limit), which is then read one row group at a time: a streamed query result
-        would hold the whole sorted result in memory.
+        DuckDB sorts it into a Parquet spill file, one range of SORT_ROWS listing positions
+        at a time, and each file is read one row group at a time: a streamed query result
+        would hold the whole sorted result in memory, and one external sort of 10M rows
+        needs more than the memory limit (DuckDB 2.0 fails to pin its blocks under 40 MB).
         """
         import pyarrow.parquet as pq
 
         path = os.path.join(self.dir, "todo.parquet")
-        self._exec("COPY (SELECT * EXCLUDE (ord, listed) FROM todo ORDER BY ord) "
-                   f"TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})")
-        # Neither pre-buffering nor reader threads: with either, pyarrow keeps what it read
-        # ahead (a 10M-row file grew the reader by 470 MB; without, by 7 MB).
-        reader = pq.ParquetFile(path, pre_buffer=False)
-        for batch in reader.iter_batches(batch_size=rows, use_threads=False):
-            yield pa.Table.from_batches([batch])
-            pa.default_memory_pool().release_unused()  # or the allocator keeps what it freed
+        end = self._count("SELECT coalesce(max(ord) + 1, 0) FROM todo")
+        for start in range(0, end, SORT_ROWS):
+            self._exec(f"""COPY (SELECT * EXCLUDE (ord, listed) FROM todo
+                WHERE ord >= {start} AND ord < {start + SORT_ROWS} ORDER BY ord)
+                TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})""")
+            # Neither pre-buffering nor reader threads: with either, pyarrow keeps what it
+            # read ahead (a 10M-row file grew the reader by 470 MB; without, by 7 MB).
+            reader = pq.ParquetFile(path, pre_buffer=False)
+            for batch in reader.iter_batches(batch_size=rows, use_threads=False):
+                yield pa.Table.from_batches([batch])
+                pa.default_memory_pool().release_unused()  # or the allocator keeps it
+            reader.close()
+            os.remove(path)
 
     def _exec(self, sql: str) -> list[tuple]:
         """Run one statement to completion (DuckDB allows one pending result)."""

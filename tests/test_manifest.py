@@ -202,6 +202,17 @@ def test_100k_line_manifest_plans_in_flat_python_memory(tmp_path):
     assert big_peak < 1.5 * small_peak + 2**20, (small_peak, big_peak)
 
 
+@pytest.mark.slow
+def test_a_1m_line_manifest_plans_under_the_production_memory_limit(tmp_path):
+    """Past the size where DuckDB 2.0's grouped aggregate stopped spilling (about 400k
+    distinct URIs under 64 MB): the driver's own planning code, its own limits, a fresh
+    process, every line streamed back exactly once."""
+    from fer_batch.bench.manifest_memory import measure
+
+    (run,) = measure((1_200_000,), tmp_path)["runs"]
+    assert run["lines"] == run["streamed"] == 1_200_000
+
+
 def test_each_video_segment_is_a_block_of_its_own():
     def items(types):
         return pa.table({"source_uri": [f"/{i}" for i in range(len(types))],

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fer_batch.bench import manifest_memory, storage
+from fer_batch.bench import storage
 from fer_batch.bench.config import BenchConfig
 from fer_batch.bench.endtoend import cold_run, rates, warm_run
 from fer_batch.bench.gpu import gpu_sweep
@@ -84,6 +84,9 @@ def _measure(cfg: BenchConfig, work: Path) -> dict[str, Any]:
         "skipped": "not requested (--peers)"}
     result["storage"] = storage.measure(entries, work) if cfg.s3 else {
         "skipped": "not requested (--s3)"}
+    # Imported here: `python -m fer_batch.bench.manifest_memory` runs it as __main__.
+    from fer_batch.bench import manifest_memory
+
     result["manifest_memory"] = manifest_memory.measure(cfg.manifest_lines, work) if (
         cfg.manifest_lines) else {"skipped": "not requested (--manifest-lines '')"}
     result["gpu"] = gpu_sweep(cfg.model, cfg.gpu_batch_sizes)
