@@ -32,7 +32,7 @@ lock: | $(UV)
 	$(UV) lock --upgrade --python "$$(command -v $(PYTHON))"
 
 # The newest releases the ranges allow, in a throwaway environment, without touching
-# uv.lock: the whole test suite, then planning a 1M-line manifest. A release that breaks
+# uv.lock: the whole test suite, then planning manifests of 10k, 1M and 10M lines. A release that breaks
 # fer-batch shows up here before a user installs it.
 test-latest: | $(UV)
 	rm -rf $(LATEST) && mkdir -p $(LATEST)
@@ -46,7 +46,7 @@ test-latest: | $(UV)
 	  print('latest:', 'tensorflow', tf.__version__, 'keras', keras.__version__, \
 	        'duckdb', duckdb.__version__, 'ray', ray.__version__)"
 	$(LATEST)/venv/bin/python -m pytest -q
-	$(LATEST)/venv/bin/python -m fer_batch.bench.manifest_memory 10000 1000000
+	$(LATEST)/venv/bin/python -m fer_batch.bench.manifest_memory 10000 1000000 10000000
 
 demo: setup
 	rm -rf $(DEMO)

@@ -267,6 +267,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="manifest sizes whose planning peak driver RSS is compared "
                         "('' to skip)")
     p.add_argument("--gpu-batch-sizes", default="64,128,256,512,1024")
+    p.add_argument("--detectors", default="blazeface,haar",
+                   help="detectors whose stage costs, ceiling and recall are compared")
+    p.add_argument("--by-eye", default=None, metavar="MANIFEST.csv",
+                   help="photos with faces counted by eye (columns file, "
+                        "visible_human_faces_by_eye; the photos beside it): each detector's "
+                        "recall and extra boxes, e.g. ../shared/data/photos/manifest.csv")
     add_detect_arguments(p)
 
 
@@ -307,7 +313,9 @@ def run_bench(args: argparse.Namespace) -> int:
         repeat=args.repeat, video_fps=args.video_fps,
         manifest_lines=_int_list("--manifest-lines", args.manifest_lines),
         gpu_batch_sizes=_int_list("--gpu-batch-sizes", args.gpu_batch_sizes),
-        detect=detect_config(args)))
+        detect=detect_config(args),
+        detectors=tuple(d.strip() for d in args.detectors.split(",") if d.strip()),
+        by_eye=args.by_eye))
     return 0
 
 

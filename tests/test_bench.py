@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fer_batch.bench import BenchConfig
+from fer_batch.bench.detectors import read_by_eye, score_counts
 from fer_batch.bench.peers import iou, matched
 from fer_batch.bench.report import compare, flatten, load_warning, summary
 from fer_batch.bench.stages import ceiling, group_copies, pick_sample
@@ -50,6 +51,21 @@ def test_ceiling_is_cores_over_per_file_core_seconds():
     assert ceil["faces_per_s"] == pytest.approx(80.0)
 
 
+def test_by_eye_counts_credit_at_most_the_faces_seen(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,visible_human_faces_by_eye\na.jpg,~30 (+ crowd)\n"
+                        "b.png,1 (profile)\nc.png,0 (cat)\nd.jpg,2\n")
+    by_eye = read_by_eye(manifest)
+    assert by_eye == {"a.jpg": 30, "b.png": 1, "c.png": 0, "d.jpg": 2}
+    score = score_counts(by_eye, {"a.jpg": 25, "b.png": 3, "c.png": 1})
+    assert (score["by_eye"], score["found"], score["missed"], score["extra"]) == (33, 26, 7, 3)
+    assert score["recall"] == pytest.approx(26 / 33, abs=1e-4)
+    assert score["per_file"]["d.jpg"] == 0
+    (tmp_path / "bad.csv").write_text("name,faces\na.jpg,1\n")
+    with pytest.raises(ValueError, match="--by-eye .*bad.csv"):
+        read_by_eye(tmp_path / "bad.csv")
+
+
 def test_compare_lists_numeric_changes():
     old = {"ceiling": {"files_per_s": 10.0}, "host": {"cpus": 2}, "notes": ["x"]}
     new = {"ceiling": {"files_per_s": 12.5}, "host": {"cpus": 4}}
@@ -71,6 +87,8 @@ def test_a_busy_start_is_flagged():
     ({"growth": (4, 16)}, "--growth"),
     ({"batch_sizes": (0,)}, "--batch-sizes"),
     ({"repeat": 0}, "--repeat"),
+    ({"detectors": ("haar", "viola")}, "--detectors"),
+    ({"by_eye": "counts.txt"}, "--by-eye"),
 ])
 def test_bad_options_name_the_option(kwargs, option):
     with pytest.raises(ValueError, match=option):
@@ -116,6 +134,10 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
     not_positive = {k: v for k, v in figures.items()
                     if not v > 0 and not k.endswith(MAY_BE_ZERO)}
     assert not not_positive
+    compared = result["detectors"]["by_detector"]
+    assert set(compared) == {"blazeface", "haar"}
+    assert compared["blazeface"]["faces_per_file"] == pytest.approx(per_file["faces"], abs=1e-3)
+    assert result["detectors"]["by_eye"].startswith("not scored")
     assert result["peers"]["skipped"] and result["video"]["skipped"]
     assert result["storage"]["skipped"]
     runs = result["manifest_memory"]["runs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fer_batch.config import DEFAULT_BATCH_SIZE, DetectConfig
+from fer_batch.config import DEFAULT_BATCH_SIZE, DETECTORS, DetectConfig
 
 DEFAULT_OUTPUT = "bench-out/bench.json"
 
@@ -34,6 +34,8 @@ class BenchConfig:
     manifest_lines: tuple[int, ...] = (10_000, 1_000_000)
     gpu_batch_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    detectors: tuple[str, ...] = ("blazeface", "haar")  # compared side by side
+    by_eye: str | None = None  # manifest.csv of photos with faces counted by eye
 
     def __post_init__(self) -> None:
         _require(self.output.endswith(".json"), "--output", "must be a .json path", self.output)
@@ -50,6 +52,10 @@ class BenchConfig:
         _require(all(n >= 1 for n in self.manifest_lines), "--manifest-lines",
                  "must be integers >= 1 (empty: skip)", self.manifest_lines)
         _require(self.video_fps > 0, "--video-fps", "must be > 0", self.video_fps)
+        _require(bool(self.detectors) and set(self.detectors) <= set(DETECTORS), "--detectors",
+                 f"must be one or more of {DETECTORS}", self.detectors)
+        _require(self.by_eye is None or self.by_eye.endswith(".csv"), "--by-eye",
+                 "must be a manifest.csv path", self.by_eye)
 
     @property
     def swept_batch_sizes(self) -> tuple[int, ...]:

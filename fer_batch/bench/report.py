@@ -73,6 +73,13 @@ def summary(result: dict[str, Any]) -> list[str]:
     """The headline figures, one per line, for the terminal."""
     flat = flatten(result)
     lines = [f"{key:45} {flat[key]:.4g}" for key in HEADLINES if key in flat]
+    for name, row in result.get("detectors", {}).get("by_detector", {}).items():
+        line = (f"detector {name}: detect {row['per_file_ms']['detect']:.4g} ms/file, "
+                f"ceiling {row['ceiling_files_per_s']:.4g} files/s")
+        if "by_eye" in row:
+            eye = row["by_eye"]
+            line += f", by eye {eye['found']}/{eye['by_eye']} found, {eye['extra']} extra"
+        lines.append(line)
     if warning := load_warning(result.get("host", {})):
         lines.append(warning)
     for section in ("peers", "gpu", "video", "manifest_memory", "storage"):

@@ -15,6 +15,7 @@ from typing import Any
 
 from fer_batch.bench import storage
 from fer_batch.bench.config import BenchConfig
+from fer_batch.bench.detectors import compare_detectors
 from fer_batch.bench.endtoend import cold_run, rates, warm_run
 from fer_batch.bench.gpu import gpu_sweep
 from fer_batch.bench.peers import run_fer
@@ -80,6 +81,9 @@ def _measure(cfg: BenchConfig, work: Path) -> dict[str, Any]:
     if len(warm) > 1:
         result["end_to_end"]["warm_marginal"] = marginal(warm, ceil)
     result["memory"] = growth_report(warm, ceil)
+    result["detectors"] = compare_detectors(
+        cfg.detectors, cfg.detect, stages, inputs, cfg.model, cfg.batch_size, cores,
+        cfg.stage_sample, cfg.repeat, cfg.video_fps, cfg.by_eye)
     result["peers"] = peers(cfg, entries, work, result) if cfg.peers else {
         "skipped": "not requested (--peers)"}
     result["storage"] = storage.measure(entries, work) if cfg.s3 else {

@@ -29,7 +29,7 @@ def measure(entries: list[dict[str, Any]], work: Path) -> dict[str, Any]:
     try:
         from fer_batch.bench.s3server import moto_server
     except ImportError as e:
-        return {"skipped": f"the S3 comparison needs moto[server] (pip install -e '.[test]'): {e}"}
+        return {"skipped": f"the S3 comparison needs moto[server] (make setup installs it): {e}"}
     import pyarrow.parquet as pq
 
     local = [Path(e["source_uri"]) for e in entries]

@@ -156,11 +156,13 @@ class Steps:
         self.all_reduce = tf.function(all_reduce)
 
     def train_epoch(self, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-        totals = np.zeros(3)
+        totals, steps = np.zeros(3), 0
         for x, y in batches:
             totals += self.train_step(x, y).numpy()
+            steps += 1
         loss_sum, hits, n = totals
-        return {"loss": float(loss_sum / max(n, 1)), "accuracy": float(hits / max(n, 1))}
+        return {"loss": float(loss_sum / max(n, 1)), "accuracy": float(hits / max(n, 1)),
+                "steps": steps}
 
     def evaluate(self, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         """Validation metrics over every worker's shard (one all-reduce per epoch)."""
