@@ -60,6 +60,32 @@ def test_finds_the_astronaut_with_eyes_and_nose_in_original_pixels(portrait, bla
     assert max(left[1], right[1]) < nose[1]
 
 
+def test_the_second_look_scores_faces_high_and_lookalikes_low(portrait, blaze):
+    """det_score is the short-range model's score on a crop around each candidate: high on
+    the astronaut's face, wherever the candidate box sits on it; low on her shoulder, on a
+    texture, on a flat patch and off the image."""
+    fx, fy, fw, fh = ASTRONAUT_FACE
+    for dx, dy, grow in ((0, 0, 1.0), (8, -6, 0.9), (-8, 8, 1.15)):
+        box = np.array([fx + dx, fy + dy, fw * grow, fh * grow])
+        assert blaze._second_look(portrait, box) > 0.8, (dx, dy, grow)
+    grey = portrait.mean(axis=2).astype(np.uint8)
+    assert blaze._second_look(grey, np.array(ASTRONAUT_FACE, float)) > 0.7  # grey input too
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, portrait.shape, dtype=np.uint8)
+    flat = np.full_like(portrait, 128)
+    for pixels, box in ((portrait, (300, 330, 120, 120)), (noise, (200, 200, 100, 100)),
+                        (flat, (200, 200, 100, 100)), (portrait, (600, 600, 80, 80))):
+        assert blaze._second_look(pixels, np.array(box, float)) < 0.5, box
+
+
+def test_min_score_applies_to_the_second_look(portrait):
+    """--min-score is the threshold on det_score: above the face's score, nothing is kept."""
+    found = BlazeFaceDetector(DetectConfig())(portrait, 1.0)
+    assert len(found) == 1
+    strict = BlazeFaceDetector(DetectConfig(min_score=min(0.999, float(found.scores[0]) + 1e-3)))
+    assert len(strict(portrait, 1.0)) == 0
+
+
 def test_a_large_and_a_small_face_are_found_once_each(portrait):
     """A 4000x3000 image with a face of ~200 px and one of ~50 px: two pyramid levels."""
     import cv2

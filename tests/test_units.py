@@ -51,12 +51,15 @@ def test_detection_scale_never_shrinks_min_face_below_window():
     assert detection_scale(4000, 3000, haar) == pytest.approx(0.5)  # 24-px window / 48
     assert detection_scale(500, 400, haar) == 1.0
     assert detection_scale(4000, 3000, DetectConfig(detector="haar", max_side=0)) == 1.0
-    # BlazeFace: a --min-face face (0.85 of Haar's side) stays 20 px at the finest level,
-    # and that floor is the scale even with --max-side 0 (the pyramid never upsamples).
+    # BlazeFace: the smallest face it keeps (half a --min-face face, 0.85 of Haar's side)
+    # is held 32 px wide for the second look, even with --max-side: full size at the
+    # default 50 px, smaller for a larger --min-face.
     blaze = DetectConfig(detector="blazeface", max_side=640, min_face=48)
-    assert detection_scale(4000, 3000, blaze) == pytest.approx(20 / (48 * 0.85))
+    assert detection_scale(4000, 3000, blaze) == 1.0
+    big = DetectConfig(detector="blazeface", max_side=640, min_face=200)
+    assert detection_scale(4000, 3000, big) == pytest.approx(32 / (0.5 * 200 * 0.85))
     assert detection_scale(4000, 3000, DetectConfig(detector="blazeface", max_side=0,
-                                                    min_face=48)) == pytest.approx(20 / 40.8)
+                                                    min_face=200)) == pytest.approx(32 / 85)
     assert detection_scale(500, 400, DetectConfig(detector="blazeface", max_side=640,
                                                    min_face=24)) == 1.0
 
