@@ -35,9 +35,10 @@ def test_photos_match_manifest(ray_session, shared_data, tmp_path):
             assert found == 1, f"{name}: one face, found {found}"
     for name in GROUP_PHOTOS:
         assert media.loc[name, "n_faces"] >= 2, name
-    # BlazeFace, the default, measured 2026-12: 49 of the 54 faces by eye, 25 in img3, 3
-    # extra (the '15 logos behind Shea Whigham). The floors sit a little under that.
+    # BlazeFace with its second look, the default, measured 2026-12-03: 51 of the 54 faces
+    # by eye, 27 in img3, no extra box. The assertions are the product's targets.
     score = score_counts(read_by_eye(photos / "manifest.csv"),
                          {name: int(media.loc[name, "n_faces"]) for name in manifest})
-    assert score["recall"] >= 0.85 and score["extra"] <= 6, score
-    assert media.loc["retinaface_img3.jpg", "n_faces"] >= 20
+    assert score["found"] >= 50 and score["extra"] <= 3, score
+    assert media.loc["retinaface_img3.jpg", "n_faces"] >= 25
+    assert media.loc["skimage_camera.png", "n_faces"] == 1  # a profile

@@ -99,7 +99,8 @@ def test_worker_failure_resumes_from_checkpoint(ray_session, data, tmp_path):
 
 
 def test_cross_validation_reports_mean_and_std(ray_session, data, tmp_path):
-    cfg = config(data, tmp_path / "cv", val=None, cv_folds=2, class_weights="balanced")
+    cfg = config(data, tmp_path / "cv", val=None, cv_folds=2, class_weights="balanced",
+                 num_workers=1)  # the folds, not the workers, are under test
     summary = run_train(cfg)
     cv = summary["cv"]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2

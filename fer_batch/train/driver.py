@@ -140,10 +140,13 @@ def fit(cfg: TrainConfig, plan: TrainPlan, datasets: dict[str, Any], name: str,
         loop: Callable[[dict[str, Any]], None] = train_loop_per_worker) -> Any:
     """One Ray Train run; the same `name` under the same storage path resumes."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    trainer = TensorflowTrainer(
+    from fer_batch.train.backend import TfConfig
+
+    trainer = DataParallelTrainer(  # TensorflowTrainer's, without importing TensorFlow
         loop,
+        backend_config=TfConfig(),
         train_loop_config={"plan": replace(plan, has_val="val" in datasets)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
