@@ -233,12 +233,12 @@ BLAZEFACE_MAX_TILE = 1024
 # boxes; at 0.3 with the second look, 51 and none. On FER-2013 train faces in scenes
 # (300), 86% found either way. Costs one 128x128 inference (about 1 ms) per candidate.
 BLAZEFACE_CANDIDATE_SCORE = 0.3
+BLAZEFACE_SECOND_MODEL = "short"
 # The second look needs detail: faces are held at least this many pixels wide for it (see
 # detection_scale). At 20 px (the pyramid's own floor) it found 13 of img3's faces, not 27.
 BLAZEFACE_SECOND_LOOK_PX = 32.0
 BLAZEFACE_HELD_PIXELS = 25_000_000  # 75 MB of RGB: a 100 MP image is held at half size
 BLAZEFACE_CONTEXT = 2.0
-_SECOND_LOOK_SIZE = 128
 _SECOND_LOOK_CENTRE = 0.15  # a second-look box counts when its centre is this near the middle
 # Interpreters are kept per input shape: sizing one for a new shape costs 5-260 ms (more for
 # larger shapes; a 1024x1024 one holds 184 MB). An archive of photos of many sizes needs
@@ -249,6 +249,12 @@ _SECOND_LOOK_CENTRE = 0.15  # a second-look box counts when its centre is this n
 # file for 23 ms more inference (simulated from the measured costs).
 _REUSE_AREA = 2.0
 _CACHE_PIXELS = 3_000_000
+
+
+def _model_input(pixels: np.ndarray) -> np.ndarray:
+    """BGR or grey uint8 pixels as BlazeFace's input: RGB in [-1, 1], float32."""
+    rgb = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, ::-1]
+    return (rgb / 127.5 - 1.0).astype(np.float32)
 
 
 class BlazeFaceDetector:
@@ -274,7 +280,7 @@ class BlazeFaceDetector:
         self._reach = reach
         self._runners: OrderedDict[tuple[int, int], tuple[Any, np.ndarray]] = OrderedDict()
         self._runner(self._options.input_size, self._options.input_size)  # load it now
-        self._second = _litert(model_file(DETECTOR_FILES["short"]))
+        self._second = _litert(model_file(DETECTOR_FILES[BLAZEFACE_SECOND_MODEL]))
         self._second_anchors = blazeface.generate_anchors(blazeface.SHORT_RANGE)
         self.tiles_run = 0  # model calls so far (the bench reads it)
 
@@ -321,21 +327,13 @@ class BlazeFaceDetector:
 
         from fer_batch import blazeface
 
+        size = blazeface.SHORT_RANGE.input_size
         x, y, w, h = (float(v) for v in box)
-        k = _SECOND_LOOK_SIZE / (max(w, h) * BLAZEFACE_CONTEXT)
-        half = _SECOND_LOOK_SIZE / 2
-        warp = np.array([[k, 0, half - k * (x + w / 2)], [0, k, half - k * (y + h / 2)]])
-        crop = cv2.warpAffine(pixels, warp, (_SECOND_LOOK_SIZE,) * 2, flags=cv2.INTER_AREA,
+        k = size / (max(w, h) * BLAZEFACE_CONTEXT)
+        warp = np.array([[k, 0, size / 2 - k * (x + w / 2)], [0, k, size / 2 - k * (y + h / 2)]])
+        crop = cv2.warpAffine(pixels, warp, (size, size), flags=cv2.INTER_AREA,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        rgb = np.repeat(crop[:, :, None], 3, axis=2) if crop.ndim == 2 else crop[:, :, ::-1]
-        details = self._second.get_input_details()[0]
-        self._second.set_tensor(details["index"], (rgb[None] / 127.5 - 1.0).astype(np.float32))
-        self._second.invoke()
-        self.tiles_run += 1
-        outputs = {o["shape"][-1]: self._second.get_tensor(o["index"])[0]
-                   for o in self._second.get_output_details()}
-        raw = blazeface.decode(outputs[16], outputs[1], self._second_anchors,
-                               _SECOND_LOOK_SIZE, 0.01)
+        raw = self._invoke(self._second, _model_input(crop)[None], self._second_anchors, 0.01)
         centre = (raw.boxes[:, :2] + raw.boxes[:, 2:]) / 2
         near = np.abs(centre - 0.5).max(axis=1) < _SECOND_LOOK_CENTRE
         return float(raw.scores[near].max()) if near.any() else 0.0
@@ -359,6 +357,18 @@ class BlazeFaceDetector:
                               blazeface.generate_anchors(self._options, rows, cols))
         return (key, *self._runners[key])
 
+    def _invoke(self, interpreter: Any, canvas: np.ndarray, anchors: np.ndarray,
+                min_score: float) -> Any:
+        """Run one model input (1, rows, cols, 3) and decode it, normalised to the input."""
+        from fer_batch import blazeface
+
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], canvas)
+        interpreter.invoke()
+        self.tiles_run += 1
+        outputs = {o["shape"][-1]: interpreter.get_tensor(o["index"])[0]
+                   for o in interpreter.get_output_details()}
+        return blazeface.decode(outputs[16], outputs[1], anchors, canvas.shape[1:3], min_score)
+
     def _detect_tile(self, pixels: np.ndarray, tile: Any) -> Any:
         """One tile's detections, normalised to its model input: crop, resize, pad, run."""
         import cv2
@@ -372,18 +382,9 @@ class BlazeFaceDetector:
         small = region if (w, h) == (tile.w, tile.h) else cv2.resize(
             region, (w, h), interpolation=cv2.INTER_AREA)
         canvas = np.full((1, rows, cols, 3), -1.0, np.float32)  # padding: black
-        if small.ndim == 2:
-            canvas[0, :h, :w] = small[:, :, None] / 127.5 - 1.0
-        else:
-            canvas[0, :h, :w] = small[:, :, ::-1] / 127.5 - 1.0  # BGR -> RGB
-        details = interpreter.get_input_details()[0]
-        interpreter.set_tensor(details["index"], canvas)
-        interpreter.invoke()
-        self.tiles_run += 1
-        outputs = {o["shape"][-1]: interpreter.get_tensor(o["index"])[0]
-                   for o in interpreter.get_output_details()}
-        raw = blazeface.decode(outputs[16], outputs[1], anchors, (rows, cols),
-                               min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
+        canvas[0, :h, :w] = _model_input(small)
+        raw = self._invoke(interpreter, canvas, anchors,
+                           min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
         # Normalised to the tile's own shape, which the canvas may exceed.
         ratio = np.array([cols / tile.shape[1], rows / tile.shape[0]], np.float32)
         return blazeface.RawDetections(raw.boxes * np.tile(ratio, 2), raw.keypoints * ratio,
@@ -445,9 +446,10 @@ def _litert(path: Path, shape: tuple[int, int] | None = None) -> Any:
 
 
 def check_detector(cfg: DetectConfig) -> None:
-    """Before a run starts: the detector's model file is there and passes its sha256."""
+    """Before a run starts: the detector's model files are there and pass their sha256."""
     if cfg.detector == "blazeface":
-        model_file(DETECTOR_FILES[BLAZEFACE_MODEL])
+        for name in (BLAZEFACE_MODEL, BLAZEFACE_SECOND_MODEL):
+            model_file(DETECTOR_FILES[name])
 
 
 def make_detector(cfg: DetectConfig) -> HaarDetector | MtcnnDetector | BlazeFaceDetector:

