@@ -64,6 +64,8 @@ def test_by_eye_counts_credit_at_most_the_faces_seen(tmp_path):
     (tmp_path / "bad.csv").write_text("name,faces\na.jpg,1\n")
     with pytest.raises(ValueError, match="--by-eye .*bad.csv"):
         read_by_eye(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="--by-eye cannot be read .*missing.csv"):
+        read_by_eye(tmp_path / "missing.csv")
 
 
 def test_compare_lists_numeric_changes():

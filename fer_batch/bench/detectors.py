@@ -22,8 +22,12 @@ BY_EYE_COLUMN = "visible_human_faces_by_eye"
 
 def read_by_eye(manifest: str | Path) -> dict[str, int]:
     """file name -> faces counted by eye ("~30 (+ crowd)" -> 30, "1 (profile)" -> 1)."""
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ValueError(f"--by-eye cannot be read ({e.strerror}); received: "
+                         f"{str(manifest)!r}") from e
     if not rows or BY_EYE_COLUMN not in rows[0] or "file" not in rows[0]:
         raise ValueError(f"--by-eye must be a CSV with columns file and {BY_EYE_COLUMN}; "
                          f"received: {str(manifest)!r}")

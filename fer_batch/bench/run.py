@@ -15,7 +15,7 @@ from typing import Any
 
 from fer_batch.bench import storage
 from fer_batch.bench.config import BenchConfig
-from fer_batch.bench.detectors import compare_detectors
+from fer_batch.bench.detectors import compare_detectors, read_by_eye
 from fer_batch.bench.endtoend import cold_run, rates, warm_run
 from fer_batch.bench.gpu import gpu_sweep
 from fer_batch.bench.peers import run_fer
@@ -33,6 +33,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     resolve_model(cfg.model)  # a bad option fails before minutes of measuring
     check_inputs(cfg.inputs, {})
+    if cfg.by_eye:
+        read_by_eye(cfg.by_eye)
     old = _load_json(cfg.compare) if cfg.compare else None
     output = Path(cfg.output)
     with tempfile.TemporaryDirectory(prefix="fer-batch-bench-") as tmp:
