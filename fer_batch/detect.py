@@ -240,14 +240,10 @@ BLAZEFACE_SECOND_LOOK_PX = 32.0
 BLAZEFACE_HELD_PIXELS = 25_000_000  # 75 MB of RGB: a 100 MP image is held at half size
 BLAZEFACE_CONTEXT = 2.0
 _SECOND_LOOK_CENTRE = 0.15  # a second-look box counts when its centre is this near the middle
-# Interpreters are kept per input shape: sizing one for a new shape costs 5-260 ms (more for
-# larger shapes; a 1024x1024 one holds 184 MB). An archive of photos of many sizes needs
-# many shapes, so a tile runs in any kept interpreter that holds it at no more than
-# _REUSE_AREA times its area (the canvas is padded), and the least recently used ones go
-# past _CACHE_PIXELS model pixels in all (about 550 MB). On the 19 shared photos seen over
-# and over, as an actor sees a 380-file archive, this cut sizing from about 65 to 3 ms per
-# file for 23 ms more inference (simulated from the measured costs).
-_REUSE_AREA = 2.0
+# Interpreters are kept per input shape (fer_batch/tiling.py rounds tile shapes to a few
+# sides): sizing one for a new shape costs 5-260 ms (more for larger shapes; a 1024x1024 one
+# holds 184 MB). The least recently used ones go past _CACHE_PIXELS model pixels in all
+# (about 550 MB).
 _CACHE_PIXELS = 3_000_000
 
 
@@ -338,24 +334,20 @@ class BlazeFaceDetector:
         near = np.abs(centre - 0.5).max(axis=1) < _SECOND_LOOK_CENTRE
         return float(raw.scores[near].max()) if near.any() else 0.0
 
-    def _runner(self, rows: int, cols: int) -> tuple[tuple[int, int], Any, np.ndarray]:
-        """An interpreter whose input holds (rows, cols), its shape and its anchors: the
-        smallest kept one within _REUSE_AREA of the work, else a new one of this shape."""
+    def _runner(self, rows: int, cols: int) -> tuple[Any, np.ndarray]:
+        """An interpreter sized for (rows, cols) inputs and its anchors, kept for reuse."""
         from fer_batch import blazeface
 
-        fits = [k for k in self._runners if k[0] >= rows and k[1] >= cols
-                and k[0] * k[1] <= _REUSE_AREA * rows * cols]
-        if fits:
-            key = min(fits, key=lambda k: k[0] * k[1])
-            self._runners.move_to_end(key)
-            return (key, *self._runners[key])
         key = (rows, cols)
+        if key in self._runners:
+            self._runners.move_to_end(key)
+            return self._runners[key]
         while self._runners and (sum(r * c for r, c in self._runners) + rows * cols
                                  > _CACHE_PIXELS):
             self._runners.popitem(last=False)
         self._runners[key] = (_litert(self._path, key),
                               blazeface.generate_anchors(self._options, rows, cols))
-        return (key, *self._runners[key])
+        return self._runners[key]
 
     def _invoke(self, interpreter: Any, canvas: np.ndarray, anchors: np.ndarray,
                 min_score: float) -> Any:
@@ -373,9 +365,9 @@ class BlazeFaceDetector:
         """One tile's detections, normalised to its model input: crop, resize, pad, run."""
         import cv2
 
-        from fer_batch import blazeface
 
-        (rows, cols), interpreter, anchors = self._runner(*tile.shape)
+        rows, cols = tile.shape
+        interpreter, anchors = self._runner(rows, cols)
         region = pixels[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w]
         w = max(1, min(cols, round(tile.w * tile.scale)))
         h = max(1, min(rows, round(tile.h * tile.scale)))
@@ -383,12 +375,8 @@ class BlazeFaceDetector:
             region, (w, h), interpolation=cv2.INTER_AREA)
         canvas = np.full((1, rows, cols, 3), -1.0, np.float32)  # padding: black
         canvas[0, :h, :w] = _model_input(small)
-        raw = self._invoke(interpreter, canvas, anchors,
-                           min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
-        # Normalised to the tile's own shape, which the canvas may exceed.
-        ratio = np.array([cols / tile.shape[1], rows / tile.shape[0]], np.float32)
-        return blazeface.RawDetections(raw.boxes * np.tile(ratio, 2), raw.keypoints * ratio,
-                                       raw.scores)
+        return self._invoke(interpreter, canvas, anchors,
+                            min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SHAPE_STEP = 64  # tile shapes are rounded up to this, so few distinct model shapes occur
+# Model input sides: a tile's shape is its size rounded up to the next of these (64-px steps
+# to 512, 128-px steps above), so that photos of many sizes share few model shapes (each
+# needs its own sized interpreter) at no more than 25% padding per side from 256 px up. The
+# shape depends on the tile alone, never on what ran before: the padding changes a
+# fully convolutional model's output slightly, and the same file must give the same boxes
+# in every run.
+SHAPE_STEP = 64
+_COARSE_FROM, _COARSE_STEP = 512, 128
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,12 @@ def _spans(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
     return [(round(i * step), window) for i in range(n)]
 
 
-def _round_up(value: float, step: int = SHAPE_STEP) -> int:
-    return max(step, math.ceil(value / step) * step)
+def model_side(value: float) -> int:
+    """The model input side that holds `value` pixels: the next step of the ladder."""
+    fine = max(SHAPE_STEP, math.ceil(value / SHAPE_STEP) * SHAPE_STEP)
+    if fine <= _COARSE_FROM:
+        return fine
+    return _COARSE_FROM + math.ceil((value - _COARSE_FROM) / _COARSE_STEP) * _COARSE_STEP
 
 
 def plan_tiles(width: int, height: int, native: int, smallest: float, min_box: float,
@@ -83,7 +94,7 @@ def plan_tiles(width: int, height: int, native: int, smallest: float, min_box: f
         for y0, h in _spans(height, window, overlap):
             for x0, w in _spans(width, window, overlap):
                 inner = (x0 > 0, y0 > 0, x0 + w < width, y0 + h < height)
-                shape = (_round_up(h * scale), _round_up(w * scale))
+                shape = (model_side(h * scale), model_side(w * scale))
                 tiles.append(Tile(level, x0, y0, w, h, scale, shape, inner, band))
         if last:
             break

@@ -125,6 +125,34 @@ def test_a_face_slid_across_tile_seams_is_found_once_at_every_offset(portrait):
     assert cut >= 3  # the seams were really crossed
 
 
+def test_the_same_image_gives_the_same_boxes_whatever_ran_before(portrait):
+    """Boxes depend on the image alone: a detector that has run other sizes first (its kept
+    interpreters differ) gives exactly what a fresh one gives. A run and its rerun, or a
+    local and an S3 run, must write the same table."""
+    import cv2
+
+    fx, fy, fw, fh = ASTRONAUT_FACE
+    face = portrait[fy - 30:fy + fh + 20, fx - 30:fx + fw + 30]
+    image = np.full((700, 900, 3), 90, np.uint8)
+    image[-face.shape[0]:, -face.shape[1]:] = face  # in the corner: the canvas edge is near
+    fresh = BlazeFaceDetector(DetectConfig())(image, 1.0)
+    used = BlazeFaceDetector(DetectConfig())
+    for side in (1000, 760, 900, 1300):  # shapes that could hold this image's tiles
+        used(cv2.resize(portrait, (side, side)), 1.0)
+    again = used(image, 1.0)
+    assert len(fresh) == 1
+    np.testing.assert_array_equal(again.boxes, fresh.boxes)
+    np.testing.assert_array_equal(again.keypoints, fresh.keypoints)
+    np.testing.assert_array_equal(again.scores, fresh.scores)
+
+
+def test_model_shapes_are_a_few_fixed_sides():
+    from fer_batch.tiling import model_side
+
+    assert [model_side(v) for v in (1, 64, 65, 500, 512, 513, 700, 1024)] == [
+        64, 64, 128, 512, 512, 640, 768, 1024]
+
+
 @pytest.mark.parametrize("width, height", [(1, 1), (10, 10), (640, 480), (4000, 3000),
                                            (10000, 10000), (30000, 200)])
 def test_tiles_cover_every_face_size_and_place(width, height):
