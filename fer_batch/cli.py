@@ -24,6 +24,7 @@ from fer_batch.config import (
     VideoConfig,
     parse_storage_options,
 )
+from fer_batch.registry import TTAS
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -44,7 +45,11 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
                    help="files, directories (walked recursively), globs or URLs")
     p.add_argument("--output", "-o", required=True, help="output directory or URL")
     p.add_argument("--model", default="fer-mini-xception",
-                   help="registry name, trained model directory or .keras file")
+                   help="registry name, trained model directory or .keras file; A+B "
+                        "averages the probabilities of several (an ensemble)")
+    p.add_argument("--tta", default=None, choices=TTAS,
+                   help="test-time augmentation for every model (default: each registry "
+                        "entry's own)")
     add_detect_arguments(p)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="faces per model call")
@@ -75,6 +80,7 @@ def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
         inputs=tuple(args.inputs),
         output=args.output,
         model=args.model,
+        tta=args.tta,
         batch_size=args.batch_size,
         detect=detect_config(args),
         video=VideoConfig(fps=fps, every_n_frames=every_n,
@@ -114,9 +120,10 @@ def run_models(args: argparse.Namespace) -> int:
 
     for spec in load_registry().values():
         h, w, c = spec.input_shape
-        acc = spec.accuracy.get("value")
+        acc, plain = spec.accuracy.get("value"), spec.accuracy.get("without_tta")
+        measured = f"acc={acc}" + (f" (tta={spec.tta}; {plain} without)" if plain else "")
         print(f"{spec.name:24} {spec.architecture:16} {h}x{w}x{c} "
-              f"{spec.preprocessing.color:5} acc={acc}  {spec.weights}")
+              f"{spec.preprocessing.color:5} {measured}  {spec.weights}")
     return 0
 
 
@@ -219,7 +226,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA",
                    help="FER-2013 CSV (DATA#PublicTest for one Usage) or <class>/* folder")
     p.add_argument("--model", default="fer-mini-xception",
-                   help="registry name, trained model directory or .keras file")
+                   help="registry name, trained model directory or .keras file; A+B "
+                        "averages the probabilities of several (an ensemble)")
+    p.add_argument("--tta", default=None, choices=TTAS,
+                   help="test-time augmentation for every model (default: each registry "
+                        "entry's own)")
     p.add_argument("--output", "-o", default="report.json",
                    help="JSON report; the confusion matrix PNG is written beside it")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -230,10 +241,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from fer_batch.evaluate import evaluate
 
     report = evaluate(EvaluateConfig(
-        data=args.data, model=args.model, output=args.output, batch_size=args.batch_size,
+        data=args.data, model=args.model, tta=args.tta, output=args.output,
+        batch_size=args.batch_size,
         storage_options=parse_storage_options(args.storage_options)))
+    plain = report["without_tta"]
     print(f"fer-batch: {report['model']} on {report['data']}: accuracy {report['accuracy']:.4f}, "
-          f"macro-F1 {report['macro_f1']:.4f}, n={report['n']} -> {args.output}")
+          f"macro-F1 {report['macro_f1']:.4f} (without TTA {plain['accuracy']:.4f}, "
+          f"{plain['macro_f1']:.4f}), n={report['n']}, {report['wall_s']:.1f} s -> {args.output}")
     return 0
 
 

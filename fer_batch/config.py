@@ -31,6 +31,12 @@ HAAR_WINDOW = 24
 DEFAULT_MIN_SCORE = 0.7
 
 
+def _require_tta(tta: str | None) -> None:
+    from fer_batch.registry import TTAS
+
+    _require(tta is None or tta in TTAS, "--tta", f"must be one of {TTAS}", tta)
+
+
 def _require(ok: bool, option: str, rule: str, value: Any) -> None:
     if not ok:
         raise ValueError(f"{option} {rule}; received: {value!r}")
@@ -89,6 +95,7 @@ class AnnotateConfig:
     inputs: tuple[str, ...]
     output: str
     model: str = "fer-mini-xception"
+    tta: str | None = None  # None: each model's registry setting
     batch_size: int = DEFAULT_BATCH_SIZE
     detect: DetectConfig = field(default_factory=DetectConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -107,6 +114,7 @@ class AnnotateConfig:
                  "needs at least one input path (or --manifest)", list(self.inputs))
         _require(bool(self.output), "--output", "must be a path or URI", self.output)
         _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
+        _require_tta(self.tta)
         _require(self.num_gpus is None or self.num_gpus >= 0, "--num-gpus", "must be >= 0",
                  self.num_gpus)
         for option, value in (("--detect-actors", self.detect_actors),
@@ -222,12 +230,14 @@ class EvaluateConfig:
 
     data: str
     model: str = "fer-mini-xception"
+    tta: str | None = None  # None: each model's registry setting
     output: str = "report.json"
     batch_size: int = DEFAULT_BATCH_SIZE
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "DATA", "must be a path or URI", self.data)
+        _require_tta(self.tta)
         _require(self.output.endswith(".json"), "--output", "must be a .json path or URI",
                  self.output)
         _require(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)

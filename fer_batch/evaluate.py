@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from fer_batch.config import EvaluateConfig
-from fer_batch.infer import classify
-from fer_batch.registry import ModelSpec, load_keras_model, resolve_model
+from fer_batch.registry import ModelSpec, load_keras_model, resolve_scorer
 from fer_batch.schema import EMOTIONS
 
 
@@ -66,17 +65,37 @@ def evaluate_model(model: Any, spec: ModelSpec, data: str, storage_options: dict
                    batch_size: int, option: str = "DATA", default_usage: str | None = None
                    ) -> dict[str, Any]:
     """Classify every labelled face of `data` and score the predictions."""
+    probs, _, labels, source = member_probabilities(model, spec, data, storage_options,
+                                                    batch_size, option, default_usage)
+    return {"data": source, **score(labels, probs)}
+
+
+def member_probabilities(model: Any, spec: ModelSpec, data: str,
+                         storage_options: dict[str, Any], batch_size: int,
+                         option: str = "DATA", default_usage: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """One model's probabilities for every labelled face of `data`, with its TTA and without
+    (from the same model calls), the labels, and the data's description."""
+    from fer_batch.infer import classify_with_plain
     from fer_batch.train.data import iter_labelled, parse_data
 
     source = parse_data(data, option, default_usage)
-    confusion = np.zeros((len(EMOTIONS), len(EMOTIONS)), np.int64)
-    for faces, labels in iter_labelled(source, spec, storage_options, batch_size):
+    with_tta, plain, labels = [], [], []
+    for faces, batch_labels in iter_labelled(source, spec, storage_options, batch_size):
         if len(faces):
-            predicted = classify(model, faces, spec, batch_size).argmax(axis=1)
-            confusion += confusion_matrix(labels, predicted)
-    if not confusion.sum():
+            probs, alone = classify_with_plain(model, faces, spec, batch_size)
+            with_tta.append(probs)
+            plain.append(alone)
+            labels.append(np.asarray(batch_labels, np.int64))
+    if not labels:
         raise ValueError(f"{option}: no labelled faces found in {source.describe()}")
-    return {"data": source.describe(), **metrics_from_confusion(confusion)}
+    return (np.concatenate(with_tta), np.concatenate(plain), np.concatenate(labels),
+            source.describe())
+
+
+def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Metrics of the most probable class against the labels."""
+    return metrics_from_confusion(confusion_matrix(labels, probs.argmax(axis=1)))
 
 
 def plot_confusion(confusion: Any, path: str, title: str = "",
@@ -113,13 +132,37 @@ def confusion_png_path(report_path: str) -> str:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Resolve and load the model, score DATA, write the JSON report and the confusion PNG."""
+    """Resolve and load the model(s), score DATA, write the JSON report and the confusion PNG.
+
+    The report's metrics are those of the scorer as annotate runs it (each model's TTA, an
+    ensemble's members averaged); `without_tta` gives accuracy and macro-F1 of the same
+    models on the face alone, and `members` each model's own figures.
+    """
+    import time
+
     import fsspec
 
-    spec = resolve_model(cfg.model)
-    model = load_keras_model(spec, cfg.storage_options)
-    report = {"model": spec.name, "architecture": spec.architecture, "weights": spec.weights,
-              **evaluate_model(model, spec, cfg.data, cfg.storage_options, cfg.batch_size)}
+    started = time.perf_counter()
+    scorer = resolve_scorer(cfg.model, cfg.tta)
+    runs, members, labels, data = [], [], None, ""
+    for member in scorer.members:
+        model = load_keras_model(member, cfg.storage_options)
+        probs, plain, member_labels, data = member_probabilities(
+            model, member, cfg.data, cfg.storage_options, cfg.batch_size)
+        if labels is not None and not np.array_equal(labels, member_labels):
+            raise RuntimeError(f"{member.name}: the data changed while it was being scored")
+        labels = member_labels
+        runs.append((probs, plain))
+        members.append({**member.describe(), **_headline(score(labels, probs)),
+                        "without_tta": _headline(score(labels, plain))})
+    mean = np.mean([r[0] for r in runs], axis=0)
+    mean_plain = np.mean([r[1] for r in runs], axis=0)
+    about = {k: v for k, v in scorer.describe().items() if k != "name"}
+    report = {"model": scorer.name, **about, "data": data, **score(labels, mean),
+              "without_tta": _headline(score(labels, mean_plain)),
+              "wall_s": round(time.perf_counter() - started, 2)}
+    if len(members) > 1:
+        report["member_scores"] = members
     fs, path = fsspec.core.url_to_fs(cfg.output, **cfg.storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -127,6 +170,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     with fs.open(path, "w") as f:
         json.dump(report, f, indent=2)
     plot_confusion(report["confusion"], confusion_png_path(cfg.output),
-                   f"{spec.name}: accuracy {report['accuracy']:.3f}, n={report['n']}",
+                   f"{scorer.name}: accuracy {report['accuracy']:.3f}, n={report['n']}",
                    cfg.storage_options)
     return report
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}

@@ -22,13 +22,20 @@ from fer_batch.images import MediaError, decode_image, probe_size
 from fer_batch.manifest import fill_versions
 from fer_batch.preprocess import prepare_face
 from fer_batch.records import ITEM_COLUMNS, KEYPOINTS_AT, N_META, ItemResult, results_to_batch
-from fer_batch.registry import ModelSpec
+from fer_batch.registry import ModelSpec, Scorer, join_crops
 from fer_batch.schema import STAGE_DETECT, STAGE_READ
 from fer_batch.sources import read_bytes
 
 
-def crop_faces(pixels: np.ndarray, scale: float, det: Detections, spec: ModelSpec) -> np.ndarray:
-    """Crop each box (plus the entry's margin) from pixels held at `scale`; model-sized uint8."""
+def crop_faces(pixels: np.ndarray, scale: float, det: Detections, spec: Scorer) -> np.ndarray:
+    """Each box's crop for every model of `spec`, (n, *spec.crop_shape) uint8, from pixels
+    held at `scale`."""
+    return join_crops(spec, [_crop_member(pixels, scale, det, m) for m in spec.members])
+
+
+def _crop_member(pixels: np.ndarray, scale: float, det: Detections, spec: ModelSpec
+                 ) -> np.ndarray:
+    """Crop each box (plus the entry's margin); model-sized uint8."""
     height, width, channels = spec.input_shape
     out = np.zeros((len(det), height, width, channels), np.uint8)
     margin = spec.preprocessing.margin
@@ -51,7 +58,7 @@ class FaceStage:
     becomes that item's error rows; the batch, and the job, go on.
     """
 
-    def __init__(self, cfg: AnnotateConfig, spec: ModelSpec) -> None:
+    def __init__(self, cfg: AnnotateConfig, spec: Scorer) -> None:
         import ray
 
         self.cfg = cfg
@@ -70,7 +77,7 @@ class FaceStage:
                 results.append(detect_segment(item, self.cfg, self.spec, self.detector))
             else:
                 results.append(self.detect_image(item))
-        return results_to_batch(items, results, self.spec.input_shape, self.node_id)
+        return results_to_batch(items, results, self.spec.crop_shape, self.node_id)
 
     def detect_image(self, item: dict) -> ItemResult:
         result = ItemResult()
@@ -94,7 +101,7 @@ class FaceStage:
         return result
 
 
-def detect_pixels(data: bytes, cfg: DetectConfig, spec: ModelSpec,
+def detect_pixels(data: bytes, cfg: DetectConfig, spec: Scorer,
                   detector: Any) -> tuple[int, int, Detections, np.ndarray, float]:
     """Decode an encoded image at the smallest size detection allows, then detect.
 
@@ -103,7 +110,7 @@ def detect_pixels(data: bytes, cfg: DetectConfig, spec: ModelSpec,
     """
     width, height = probe_size(data)
     target = detection_scale(width, height, cfg)
-    colour = decode_colour(cfg.detector, spec.preprocessing.color)
+    colour = decode_colour(cfg.detector, spec.decode_color)
     decoded = decode_image(data, cfg.max_pixels, colour, min_scale=target)
     target = detection_scale(decoded.width, decoded.height, cfg)
     det = detector(resize_to_scale(decoded.pixels, decoded.scale, target), target)

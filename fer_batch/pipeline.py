@@ -31,7 +31,7 @@ from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
 from fer_batch.placement import classifier_strategy, reserve_classifiers
 from fer_batch.plan import StatFn, WorkPlan, commit_summary, drop_commits, stat_on_workers
 from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
-from fer_batch.registry import ModelSpec, resolve_model, weights_path
+from fer_batch.registry import Scorer, resolve_scorer, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
 from fer_batch.sink import (
     CommitWriter,
@@ -73,10 +73,11 @@ def check_output(output: str, storage_options: dict[str, Any]) -> None:
                          f"{output!r}")
 
 
-def prepare(cfg: AnnotateConfig) -> ModelSpec:
+def prepare(cfg: AnnotateConfig) -> Scorer:
     """All checks that must pass before Ray starts or anything is written."""
-    spec = resolve_model(cfg.model)
-    weights_path(spec, cfg.storage_options)
+    spec = resolve_scorer(cfg.model, cfg.tta)
+    for member in spec.members:
+        weights_path(member, cfg.storage_options)
     check_detector(cfg.detect)
     check_inputs(cfg.inputs, cfg.storage_options)
     check_manifest(cfg.manifest, cfg.storage_options)
@@ -219,7 +220,7 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
             "cluster": {k: total[k] for k in ("CPU", "GPU") if k in total}}
 
 
-def build_dataset(cfg: AnnotateConfig, spec: ModelSpec, wave: list[pa.Table], run_id: str,
+def build_dataset(cfg: AnnotateConfig, spec: Scorer, wave: list[pa.Table], run_id: str,
                   plan: dict[str, Any], task_retries: int = TASK_RETRIES,
                   isolate: bool = False) -> Any:
     """Three actor pools. Restarts and retries are explicit: a lost node restarts its
@@ -311,7 +312,7 @@ def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     return record
 
 
-def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+def run_waves(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any],
               work: WorkPlan) -> None:
     """Feed the work left to Ray in waves of at most WAVE_ITEMS items.
 
@@ -343,7 +344,7 @@ def run_waves(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str,
     finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave was needed
 
 
-def run_record(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, started: float,
+def run_record(cfg: AnnotateConfig, spec: Scorer, run_id: str, started: float,
                counts: dict[str, int], stats: ListingStats, plan: dict[str, Any]) -> dict:
     """The run's provenance and counts; everything here is checkable against the tables."""
     summary = commit_summary(cfg.output, cfg.storage_options, run_id)
@@ -354,8 +355,7 @@ def run_record(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, started: float
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(wall, 3),
         "config": cfg.public_dict(),
-        "model": {"name": spec.name, "architecture": spec.architecture, "sha256": spec.sha256,
-                  "weights": spec.weights},
+        "model": spec.describe(),
         "versions": {name: _version(name) for name in _VERSIONED}
         | {"python": sys.version.split()[0]},
         "counts": {

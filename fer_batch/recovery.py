@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from fer_batch.config import AnnotateConfig
 from fer_batch.manifest import fill_versions
 from fer_batch.records import ITEM_COLUMNS, ItemResult, results_to_batch
-from fer_batch.registry import ModelSpec
+from fer_batch.registry import Scorer
 from fer_batch.schema import COMMITS_DIR, EMOTIONS, STAGE_WORKER
 from fer_batch.sink import COMMIT_SCHEMA, commit_id, join, remove_orphans, write_commit
 from fer_batch.sources import filesystem, retry_transient
@@ -79,7 +79,7 @@ def tolerate_failed_blocks(ds: Any, budget: int) -> Any:
     return ds
 
 
-def recover(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+def recover(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any],
             blocks: list[pa.Table], log: CommitLog) -> int:
     """Commit every item of a finished wave that is not committed yet; returns how many.
 
@@ -127,7 +127,7 @@ def committed_uris(cfg: AnnotateConfig, run_id: str, uris: pa.Array | pa.Chunked
     return markers.to_table(columns=["source_uri"], filter=wanted)["source_uri"].combine_chunks()
 
 
-def rerun_alone(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, plan: dict[str, Any],
+def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any],
                 items: pa.Table) -> CommitLog:
     """Run `items` again, one per task in every stage and one task in flight per actor (a
     neighbour of a bad input must not die with it), with a small retry budget."""
@@ -155,7 +155,7 @@ def _done_alone(cfg: AnnotateConfig, run_id: str, items: pa.Table, log: CommitLo
     return done
 
 
-def commit_failures(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, items: pa.Table) -> None:
+def commit_failures(cfg: AnnotateConfig, spec: Scorer, run_id: str, items: pa.Table) -> None:
     """Commit each item as an error row of stage "worker", one commit per item."""
     batch = _numpy(items)
     tries = f"{ALONE_RETRIES + 1} time{'s' if ALONE_RETRIES else ''}"
@@ -166,7 +166,7 @@ def commit_failures(cfg: AnnotateConfig, spec: ModelSpec, run_id: str, items: pa
                          f"no worker finished this input: its block failed after Ray's retries "
                          f"and it failed again alone {tries} (the worker died or raised; "
                          "see the Ray logs)")
-        row = results_to_batch(one, [result], spec.input_shape, None)
+        row = results_to_batch(one, [result], spec.crop_shape, None)
         row.pop("crops")
         row["scores"] = np.empty(1, dtype=object)
         row["scores"][0] = np.zeros((0, len(EMOTIONS)), np.float32)

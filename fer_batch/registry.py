@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from fer_batch.schema import EMOTIONS
 
@@ -25,8 +28,13 @@ PACKAGE_SCHEME = "package://"
 
 Color = Literal["grey", "rgb"]
 Scale = Literal["minus1_1", "unit", "zscore", "caffe"]
+Tta = Literal["none", "flip", "ten-crop"]
 _COLORS = ("grey", "rgb")
 _SCALES = ("minus1_1", "unit", "zscore", "caffe")
+# Test-time augmentation: the views of each face whose probabilities are averaged
+# (fer_batch/infer.py makes them, in the same model call as the face).
+TTAS: tuple[str, ...] = ("none", "flip", "ten-crop")
+ENSEMBLE_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,11 @@ class ModelSpec:
     license: str = ""
     accuracy: dict[str, Any] = field(default_factory=dict)
     card: str | None = None
+    tta: Tta = "none"
 
     def __post_init__(self) -> None:
+        if self.tta not in TTAS:
+            raise ValueError(f"tta must be one of {TTAS}; received: {self.tta!r}")
         if len(self.input_shape) != 3 or self.input_shape[2] not in (1, 3):
             raise ValueError(
                 f"input_shape must be (height, width, 1|3); received: {self.input_shape!r}"
@@ -87,6 +98,26 @@ class ModelSpec:
     def size(self) -> tuple[int, int]:
         """(height, width) of the model input."""
         return self.input_shape[0], self.input_shape[1]
+
+    @property
+    def members(self) -> tuple[ModelSpec, ...]:
+        """The models whose probabilities make a face's scores: this one."""
+        return (self,)
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
+        """Per face, the uint8 crop the detection actors send the classifier."""
+        return self.input_shape
+
+    @property
+    def decode_color(self) -> Color:
+        """The colour images are decoded in for this model's crops."""
+        return self.preprocessing.color
+
+    def describe(self) -> dict[str, Any]:
+        """What _run.json and reports record about the model."""
+        return {"name": self.name, "architecture": self.architecture, "sha256": self.sha256,
+                "weights": self.weights, "tta": self.tta}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -112,7 +143,71 @@ class ModelSpec:
             license=str(raw.get("license", "")),
             accuracy=dict(raw.get("accuracy", {})),
             card=raw.get("card"),
+            tta=raw.get("tta", "none"),
         )
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Several models scoring the same detected faces: their probabilities are averaged.
+
+    Each member keeps its own preprocessing (size, colour, margin) and TTA: the detection
+    actor cuts every member's crop from the same box and sends them as one flat uint8
+    vector per face (`crop_shape`), which `split_crops` takes apart again.
+    """
+
+    members: tuple[ModelSpec, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise ValueError(f"an ensemble needs at least two models; received: {self.name!r}")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--model: an ensemble names a model twice: {self.name!r}")
+
+    @property
+    def name(self) -> str:
+        return ENSEMBLE_SEPARATOR.join(m.name for m in self.members)
+
+    @property
+    def architecture(self) -> str:
+        return "ensemble"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return EMOTIONS
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
+        return (sum(math.prod(m.input_shape) for m in self.members),)
+
+    @property
+    def decode_color(self) -> Color:
+        return "rgb" if any(m.preprocessing.color == "rgb" for m in self.members) else "grey"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "architecture": self.architecture,
+                "members": [m.describe() for m in self.members]}
+
+
+Scorer = ModelSpec | Ensemble  # what annotate and evaluate run: one model or an ensemble
+
+
+def split_crops(scorer: Scorer, crops: np.ndarray) -> list[np.ndarray]:
+    """Each member's (n, h, w, c) crops from the (n, *scorer.crop_shape) crops."""
+    if isinstance(scorer, ModelSpec):
+        return [crops]
+    flat = crops.reshape(len(crops), -1)
+    sizes = [math.prod(m.input_shape) for m in scorer.members]
+    parts = np.split(flat, np.cumsum(sizes)[:-1], axis=1)
+    return [p.reshape(-1, *m.input_shape) for p, m in zip(parts, scorer.members)]
+
+
+def join_crops(scorer: Scorer, per_member: list[np.ndarray]) -> np.ndarray:
+    """The inverse of split_crops."""
+    if isinstance(scorer, ModelSpec):
+        return per_member[0]
+    return np.concatenate([p.reshape(len(p), -1) for p in per_member], axis=1)
 
 
 def _is_relative_path(weights: str) -> bool:
@@ -132,6 +227,25 @@ def load_registry(path: Path = REGISTRY_FILE) -> dict[str, ModelSpec]:
             raise ValueError(f"duplicate model name in {path}: {spec.name!r}")
         specs[spec.name] = spec
     return specs
+
+
+def resolve_scorer(model: str, tta: str | None = None,
+                   registry: dict[str, ModelSpec] | None = None) -> Scorer:
+    """`--model` as annotate and evaluate take it: one model, or `a+b+...`, an ensemble.
+
+    `tta` (`--tta`), when given, replaces every member's registry setting.
+    """
+    if tta is not None and tta not in TTAS:
+        raise ValueError(f"--tta must be one of {TTAS}; received: {tta!r}")
+    registry = load_registry() if registry is None else registry
+    single = model in registry or Path(model).exists()
+    names = [model] if single else model.split(ENSEMBLE_SEPARATOR)
+    if any(not n for n in names):
+        raise ValueError(f"--model: an empty name in {model!r}")
+    specs = [resolve_model(n, registry) for n in names]
+    if tta is not None:
+        specs = [replace(s, tta=tta) for s in specs]
+    return specs[0] if len(specs) == 1 else Ensemble(tuple(specs))
 
 
 def resolve_model(model: str, registry: dict[str, ModelSpec] | None = None) -> ModelSpec:

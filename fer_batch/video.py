@@ -41,7 +41,7 @@ from fer_batch.faces import crop_faces, face_meta
 from fer_batch.images import MediaError
 from fer_batch.preprocess import to_grey
 from fer_batch.records import N_META, ItemResult, item_key
-from fer_batch.registry import ModelSpec
+from fer_batch.registry import Scorer
 from fer_batch.schema import STAGE_DECODE, STAGE_DETECT, STAGE_READ
 from fer_batch.sources import filesystem, retry_transient, stat_object
 from fer_batch.tracking import IouTracker, staged_segments, video_key
@@ -284,10 +284,10 @@ def missing_frames(info: VideoInfo, start: float, end: float,
 # --- detection on one segment -----------------------------------------------------------
 
 
-def detect_frame(pixels: np.ndarray, cfg: AnnotateConfig, spec: ModelSpec,
+def detect_frame(pixels: np.ndarray, cfg: AnnotateConfig, spec: Scorer,
                  detector: Any) -> tuple[Any, np.ndarray]:
     """Detections (original pixels) and model-sized crops of one decoded frame."""
-    if decode_colour(cfg.detect.detector, spec.preprocessing.color) == "grey":
+    if decode_colour(cfg.detect.detector, spec.decode_color) == "grey":
         pixels = to_grey(pixels)
     height, width = pixels.shape[:2]
     target = detection_scale(width, height, cfg.detect)
@@ -295,7 +295,7 @@ def detect_frame(pixels: np.ndarray, cfg: AnnotateConfig, spec: ModelSpec,
     return det, crop_faces(pixels, 1.0, det, spec)
 
 
-def detect_segment(item: dict, cfg: AnnotateConfig, spec: ModelSpec, detector: Any) -> ItemResult:
+def detect_segment(item: dict, cfg: AnnotateConfig, spec: Scorer, detector: Any) -> ItemResult:
     """Decode one segment of a video and find, crop and track its faces.
 
     Track ids are local to the segment (see fer_batch.tracking for the stitching);
@@ -320,7 +320,7 @@ def detect_segment(item: dict, cfg: AnnotateConfig, spec: ModelSpec, detector: A
     return result
 
 
-def _detect_frames(cap: Any, info: VideoInfo, item: dict, cfg: AnnotateConfig, spec: ModelSpec,
+def _detect_frames(cap: Any, info: VideoInfo, item: dict, cfg: AnnotateConfig, spec: Scorer,
                    detector: Any, result: ItemResult) -> None:
     start, end = float(item["seg_start_s"]), float(item["seg_end_s"])
     start = 0.0 if not math.isfinite(start) else start
@@ -345,7 +345,7 @@ def _detect_frames(cap: Any, info: VideoInfo, item: dict, cfg: AnnotateConfig, s
             result.add_error(STAGE_DETECT, type(e).__name__, f"face detection failed at "
                              f"t={frame.t:.3f}s: {e}", frame_index=frame.index)
             result.frames_failed += 1
-            det, crop = EMPTY, np.zeros((0, *spec.input_shape), np.uint8)
+            det, crop = EMPTY, np.zeros((0, *spec.crop_shape), np.uint8)
         meta = face_meta(det, frame.index, frame.t)
         meta[:, 8] = tracker.update(det.boxes)
         metas.append(meta)

