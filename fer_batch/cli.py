@@ -17,6 +17,7 @@ from fer_batch.config import (
     DEFAULT_TRAIN_BATCH,
     DETECTORS,
     LR_SCHEDULES,
+    OPTIMIZERS,
     AnnotateConfig,
     DetectConfig,
     EvaluateConfig,
@@ -173,9 +174,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--batch-size", type=int, default=DEFAULT_TRAIN_BATCH, help="per worker")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
-                   help="cosine: each epoch at lr * (1 + cos(pi * epoch / epochs)) / 2")
+                   help="cosine: each epoch at lr * (1 + cos(pi * epoch / epochs)) / 2; "
+                        "plateau: halved after 3 epochs without a lower val loss")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
+                   help="sgd: SGD with Nesterov momentum 0.9")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (0: off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--crop-scale", type=float, default=1.0,
+                   help="random-resized crops of this much of the face's area up to all "
+                        "of it (1: off)")
+    p.add_argument("--erase-prob", type=float, default=0.0,
+                   help="random erasing: the chance that a training face has a random "
+                        "rectangle replaced by noise (0: off)")
+    p.add_argument("--tta", default="none", choices=TTAS,
+                   help="the trained model's test-time augmentation (its registry entry, "
+                        "and its final val metrics)")
     p.add_argument("--frozen-epochs", type=int, default=None,
                    help="resnet50/mobilenetv2: epochs with the backbone frozen (default: half)")
     p.add_argument("--cv-folds", type=int, default=0,
@@ -198,7 +214,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         train=args.train, val=args.val, output=args.output, arch=args.arch,
         init_from=args.init_from, epochs=args.epochs, num_workers=args.num_workers,
         use_gpu=args.use_gpu, batch_size=args.batch_size, lr=args.lr,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        crop_scale=args.crop_scale, erase_prob=args.erase_prob, tta=args.tta,
         frozen_epochs=args.frozen_epochs, cv_folds=args.cv_folds,
         class_weights=args.class_weights, backbone_weights=args.backbone_weights,
         align=args.align, augment=not args.no_augment, storage_path=args.storage_path,

@@ -150,8 +150,10 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
 
 ClassWeights = Literal["none", "balanced"]
 CLASS_WEIGHTS: tuple[str, ...] = ("none", "balanced")
-LrSchedule = Literal["constant", "cosine"]
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+LrSchedule = Literal["constant", "cosine", "plateau"]
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "plateau")
+Optimizer = Literal["adam", "sgd"]
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 DEFAULT_TRAIN_BATCH = 64
 
 
@@ -174,6 +176,12 @@ class TrainConfig:
     batch_size: int = DEFAULT_TRAIN_BATCH
     lr: float = 1e-3
     lr_schedule: LrSchedule = "constant"
+    optimizer: Optimizer = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    crop_scale: float = 1.0
+    erase_prob: float = 0.0
+    tta: str = "none"
     frozen_epochs: int | None = None
     cv_folds: int = 0
     class_weights: ClassWeights = "none"
@@ -201,6 +209,19 @@ class TrainConfig:
         _require(self.lr > 0, "--lr", "must be > 0", self.lr)
         _require(self.lr_schedule in LR_SCHEDULES, "--lr-schedule",
                  f"must be one of {LR_SCHEDULES}", self.lr_schedule)
+        _require(self.lr_schedule != "plateau" or self.val is not None, "--lr-schedule",
+                 "plateau watches the validation loss and needs --val", self.lr_schedule)
+        _require(self.optimizer in OPTIMIZERS, "--optimizer", f"must be one of {OPTIMIZERS}",
+                 self.optimizer)
+        _require(self.weight_decay >= 0, "--weight-decay", "must be >= 0", self.weight_decay)
+        _require(0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)",
+                 self.label_smoothing)
+        _require(0 < self.crop_scale <= 1, "--crop-scale", "must be in (0, 1]",
+                 self.crop_scale)
+        _require(0 <= self.erase_prob <= 1, "--erase-prob", "must be in [0, 1]",
+                 self.erase_prob)
+        _require_tta(self.tta)
+        _require(self.tta is not None, "--tta", "must be given for a trained model", self.tta)
         _require(self.frozen_epochs is None or 0 <= self.frozen_epochs <= self.epochs,
                  "--frozen-epochs", "must be between 0 and --epochs", self.frozen_epochs)
         _require(self.cv_folds == 0 or self.cv_folds >= 2, "--cv-folds",

@@ -9,7 +9,7 @@ from fer_batch.config import TrainConfig
 from fer_batch.train.archs import ARCHS, Arch, get_arch, set_phase
 from fer_batch.train.driver import backbone_weights
 
-SMALL = ("cnn2", "mini-xception", pytest.param("cnn4", marks=pytest.mark.slow))
+SMALL = ("cnn2", "mini-xception", "vgg", pytest.param("cnn4", marks=pytest.mark.slow))
 BACKBONES = ("resnet50", "mobilenetv2")
 
 
@@ -38,6 +38,8 @@ def test_arch_preprocessing_and_shapes():
     assert ARCHS["resnet50"].preprocessing.scale == "caffe"
     assert ARCHS["mobilenetv2"].preprocessing.scale == "minus1_1"
     assert ARCHS["mini-xception"].input_shape == (64, 64, 1)
+    assert ARCHS["vgg"].input_shape == (48, 48, 1)
+    assert ARCHS["vgg"].build().count_params() * 4 < 10e6  # the file stays under 10 MB
     for name in BACKBONES:
         assert ARCHS[name].input_shape == (224, 224, 3)
         assert ARCHS[name].preprocessing.color == "grey"  # grey tiled to 3 channels

@@ -83,7 +83,11 @@ def flaky_loop(config: dict, marker_dir: str) -> None:
 
 
 def test_worker_failure_resumes_from_checkpoint(ray_session, data, tmp_path):
-    cfg = config(data, tmp_path / "model", epochs=3, max_failures=1)
+    """Also the stronger recipe: SGD with Nesterov momentum and weight decay, label
+    smoothing, random-resized crops and erasing, the plateau schedule across the restart."""
+    cfg = config(data, tmp_path / "model", epochs=3, max_failures=1, optimizer="sgd",
+                 weight_decay=1e-4, label_smoothing=0.1, crop_scale=0.8, erase_prob=0.5,
+                 lr_schedule="plateau", lr=0.01)
     arch, init = resolve_arch(cfg)
     spec = target_spec(cfg, arch, init)
     datasets = load_datasets(cfg, spec)
@@ -96,11 +100,20 @@ def test_worker_failure_resumes_from_checkpoint(ray_session, data, tmp_path):
         history = TrainState.from_json(Path(folder, STATE_FILE).read_text()).history
         assert Path(folder, MODEL_FILE).is_file()
     assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["lr"] for h in history] == pytest.approx(
+        [plan.lr_for("all", e, history[:e]) for e in range(3)])
+    import keras
+
+    with result.checkpoint.as_directory() as folder:
+        optimizer = keras.saving.load_model(Path(folder, MODEL_FILE)).optimizer
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
+    assert optimizer.momentum == pytest.approx(0.9)
+    assert optimizer.weight_decay == pytest.approx(1e-4)
 
 
 def test_cross_validation_reports_mean_and_std(ray_session, data, tmp_path):
     cfg = config(data, tmp_path / "cv", val=None, cv_folds=2, class_weights="balanced",
-                 num_workers=1)  # the folds, not the workers, are under test
+                 num_workers=1, tta="flip")  # the folds, not the workers, are under test
     summary = run_train(cfg)
     cv = summary["cv"]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
@@ -108,4 +121,5 @@ def test_cross_validation_reports_mean_and_std(ray_session, data, tmp_path):
     assert cv["accuracy_std"] == pytest.approx(np.std(cv["per_fold"]))
     entry = json.loads((tmp_path / "cv" / "registry.json").read_text())
     assert entry["accuracy"]["cross_validation"]["folds"] == 2
+    assert entry["tta"] == "flip" and resolve_model(str(tmp_path / "cv")).tta == "flip"
     assert "2-fold cross-validation" in (tmp_path / "cv" / "card.md").read_text()

@@ -39,6 +39,53 @@ def test_augment_rgb_faces():
     assert augment_batch(faces, np.random.default_rng(0)).shape == (2, 224, 224, 3)
 
 
+def test_random_resized_crops_zoom_in_and_keep_the_shape():
+    # A face with a bright border: a crop of at most half the area cuts part of it away.
+    face = np.zeros((1, 48, 48, 1), np.uint8)
+    face[0, :2], face[0, -2:], face[0, :, :2], face[0, :, -2:] = 255, 255, 255, 255
+    still = dict(flip=False, max_rotation_deg=0, max_shift=0, max_brightness=0)
+    crop = Augmentation(crop_scale=0.3, **still)
+    for seed in range(5):
+        out = augment_batch(face, np.random.default_rng(seed), crop)
+        assert out.shape == face.shape and out.dtype == np.uint8
+        assert (out > 128).sum() < (face > 128).sum()
+    whole = augment_batch(face, np.random.default_rng(0), Augmentation(**still))
+    np.testing.assert_array_equal(whole, face)  # crop_scale 1: off
+
+
+def test_random_erasing_replaces_one_rectangle():
+    from fer_batch.train.augment import random_window
+
+    face = np.full((1, 48, 48, 1), 128, np.uint8)
+    still = dict(flip=False, max_rotation_deg=0, max_shift=0, max_brightness=0)
+    erase = Augmentation(erase_prob=1.0, **still)
+    for seed in range(10):
+        out = augment_batch(face, np.random.default_rng(seed), erase)[0, :, :, 0]
+        rows, cols = np.nonzero(out != 128)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert 0.01 * 48 * 48 <= box <= 0.34 * 48 * 48, box
+        assert len(rows) > 0.9 * box  # one filled rectangle (noise rarely hits 128)
+    never = augment_batch(face, np.random.default_rng(0), Augmentation(erase_prob=0.0, **still))
+    np.testing.assert_array_equal(never, face)
+    y0, x0, h, w = random_window(np.random.default_rng(0), 48, 40, 0.5)
+    assert 0 <= y0 and y0 + h <= 48 and 0 <= x0 and x0 + w <= 40
+    assert 0.5 * 48 * 40 * 0.9 <= h * w <= 48 * 40
+
+
+def test_plateau_schedule_halves_after_three_epochs_without_a_better_val_loss():
+    from fer_batch.train.loop import plateaus
+
+    assert plateaus([1.0, 0.9, 0.8]) == 0
+    assert plateaus([1.0, 1.1, 1.2, 1.3]) == 1
+    assert plateaus([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]) == 2
+    assert plateaus([1.0, 1.1, 1.2, 0.5, 0.6]) == 0
+    plan = TrainPlan(arch="vgg", preprocessing=Preprocessing(), epochs=8, batch_size=8,
+                     lr=0.1, lr_schedule="plateau")
+    history = tuple({"phase": "all", "val_loss": v} for v in (1.0, 1.1, 1.2, 1.3))
+    assert plan.lr_for("all", 3, history[:3]) == pytest.approx(0.1)
+    assert plan.lr_for("all", 4, history) == pytest.approx(0.05)
+
+
 def test_balanced_class_weights():
     weights = balanced_class_weights([10, 0, 30, 20, 0, 0, 0])
     assert weights[0] == pytest.approx(60 / (3 * 10))
@@ -94,16 +141,20 @@ def test_cli_builds_train_config():
         "train", "--train", "data#train", "--val", "data#val", "--arch", "cnn2", "--epochs", "3",
         "--num-workers", "2", "--output", "out", "--batch-size", "16", "--lr", "0.01",
         "--class-weights", "balanced", "--cv-folds", "3", "--backbone-weights", "none",
-        "--align", "--lr-schedule", "cosine"])
+        "--align", "--lr-schedule", "cosine", "--optimizer", "sgd", "--weight-decay", "5e-4",
+        "--label-smoothing", "0.1", "--crop-scale", "0.8", "--erase-prob", "0.5",
+        "--tta", "ten-crop"])
     cfg = train_config(args)
     assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.lr, cfg.cv_folds) == ("cnn2", 3, 16, 0.01, 3)
     assert cfg.class_weights == "balanced" and cfg.align and cfg.augment
     assert cfg.lr_schedule == "cosine"
+    assert (cfg.optimizer, cfg.weight_decay, cfg.label_smoothing) == ("sgd", 5e-4, 0.1)
+    assert (cfg.crop_scale, cfg.erase_prob, cfg.tta) == (0.8, 0.5, "ten-crop")
     assert cfg.checkpoints == "out/checkpoints"
 
 
 @pytest.mark.parametrize("overrides, option", [
-    ({"arch": "vgg"}, "--arch"),
+    ({"arch": "vgg16"}, "--arch"),
     ({"arch": None}, "--arch"),
     ({"epochs": 0}, "--epochs"),
     ({"num_workers": 0}, "--num-workers"),
@@ -112,6 +163,14 @@ def test_cli_builds_train_config():
     ({"frozen_epochs": 5, "epochs": 2}, "--frozen-epochs"),
     ({"class_weights": "inverse"}, "--class-weights"),
     ({"lr_schedule": "step"}, "--lr-schedule"),
+    ({"lr_schedule": "plateau"}, "--lr-schedule"),  # without --val
+    ({"optimizer": "rmsprop"}, "--optimizer"),
+    ({"weight_decay": -1e-4}, "--weight-decay"),
+    ({"label_smoothing": 1.0}, "--label-smoothing"),
+    ({"crop_scale": 0.0}, "--crop-scale"),
+    ({"crop_scale": 1.5}, "--crop-scale"),
+    ({"erase_prob": 1.5}, "--erase-prob"),
+    ({"tta": "sideways"}, "--tta"),
 ])
 def test_bad_train_options_raise_naming_the_option(overrides, option):
     values = {"train": "t", "output": "o", "arch": "cnn4", **overrides}
@@ -120,7 +179,7 @@ def test_bad_train_options_raise_naming_the_option(overrides, option):
 
 
 def test_cli_train_reports_bad_option(capsys):
-    assert main(["train", "--train", "t", "--output", "o", "--arch", "vgg"]) == 2
+    assert main(["train", "--train", "t", "--output", "o", "--arch", "vgg16"]) == 2
     assert "--arch must be one of" in capsys.readouterr().err
 
 

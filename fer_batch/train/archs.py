@@ -120,6 +120,38 @@ def _mini_xception(arch: Arch, weights: str | None) -> Any:
     return _load(keras.Model(inputs, outputs, name=arch.name), weights)
 
 
+def _vgg(arch: Arch, weights: str | None) -> Any:
+    """A VGG for 48x48 grey faces after Khaireddin & Chen 2021 ("Facial Emotion Recognition:
+    State of the Art Performance on FER2013", 0.73 with ten-crop TTA): four stages of two
+    3x3 conv + batch norm + ReLU, each halving the size, dropout between stages.
+
+    Changed from the paper, to keep the file under 10 MB and an epoch on a 2-core CPU in
+    minutes: half the widths (32-256, not 64-512) and global average pooling into a
+    256-unit layer instead of two 4096-unit layers (which alone hold 35M of its 40M weights).
+    About 1.3M parameters, 5 MB.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(arch.input_shape, name="input")
+    x = inputs
+    for i, filters in enumerate((32, 64, 128, 256), start=1):
+        for j in (1, 2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                              name=f"block{i}_conv{j}")(x)
+            x = layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+            x = layers.ReLU(name=f"block{i}_relu{j}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = layers.Dropout(0.1 * i, name=f"block{i}_dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dense(256, use_bias=False, name="fc1")(x)
+    x = layers.BatchNormalization(name="fc1_bn")(x)
+    x = layers.ReLU(name="fc1_relu")(x)
+    x = layers.Dropout(0.5, name="dropout")(x)
+    outputs = layers.Dense(N_CLASSES, activation="softmax", name="predictions")(x)
+    return _load(keras.Model(inputs, outputs, name=arch.name), weights)
+
+
 def backbone_net(arch: Arch, application: Callable[..., Any], weights: str | None) -> Any:
     """keras.applications backbone (ImageNet, a local weights file or random) + a new head.
 
@@ -177,6 +209,7 @@ ARCHS: dict[str, Arch] = {
         Arch("cnn4", (48, 48, 1), Preprocessing(scale="unit"), _cnn4),
         Arch("cnn2", (32, 32, 1), Preprocessing(equalize=True, scale="zscore"), _cnn2),
         Arch("mini-xception", (64, 64, 1), Preprocessing(scale="minus1_1"), _mini_xception),
+        Arch("vgg", (48, 48, 1), Preprocessing(margin=0.1, scale="unit"), _vgg),
         Arch("resnet50", _GREY_TILED, Preprocessing(scale="caffe"), _resnet50,
              unfreeze_from="conv5_block1_1_conv"),
         Arch("mobilenetv2", _GREY_TILED, Preprocessing(scale="minus1_1"), _mobilenetv2,

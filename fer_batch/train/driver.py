@@ -20,7 +20,7 @@ from fer_batch.config import TrainConfig
 from fer_batch.registry import ModelSpec, resolve_model
 from fer_batch.schema import EMOTIONS
 from fer_batch.train.archs import Arch, get_arch
-from fer_batch.train.augment import balanced_class_weights
+from fer_batch.train.augment import Augmentation, balanced_class_weights
 from fer_batch.train.data import parse_data, ray_dataset
 from fer_batch.train.loop import TrainPlan, train_loop_per_worker
 
@@ -56,6 +56,7 @@ def target_spec(cfg: TrainConfig, arch: Arch, init: ModelSpec | None) -> ModelSp
         sha256=None,
         input_shape=init.input_shape if init else arch.input_shape,
         preprocessing=replace(base, align=cfg.align or base.align),
+        tta=cfg.tta,
     )
 
 
@@ -121,6 +122,10 @@ def make_plan(cfg: TrainConfig, arch: Arch, spec: ModelSpec, init: ModelSpec | N
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+        augmentation=Augmentation(crop_scale=cfg.crop_scale, erase_prob=cfg.erase_prob),
         frozen_epochs=frozen if arch.two_phase and init is None else 0,
         weights=weights,
         init_from=init,

@@ -27,10 +27,12 @@ import numpy as np
 from fer_batch.preprocess import scale_batch
 from fer_batch.registry import ModelSpec, Preprocessing, load_keras_model
 from fer_batch.train.archs import N_CLASSES, get_arch, set_phase
-from fer_batch.train.augment import augment_batch
+from fer_batch.train.augment import Augmentation, augment_batch
 from fer_batch.train.cpu import cap_onednn_isa
 
 MODEL_FILE = "model.keras"
+PLATEAU_PATIENCE = 3
+PLATEAU_FACTOR = 0.5
 STATE_FILE = "state.json"
 FINE_TUNE_LR_FACTOR = 0.1
 SHUFFLE_ROWS = 2048
@@ -46,6 +48,10 @@ class TrainPlan:
     batch_size: int
     lr: float
     lr_schedule: str = "constant"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    augmentation: Augmentation = field(default_factory=Augmentation)
     frozen_epochs: int = 0
     weights: str | None = None
     init_from: ModelSpec | None = None
@@ -60,16 +66,36 @@ class TrainPlan:
             return "all"
         return "head" if epoch < self.frozen_epochs else "top"
 
-    def lr_for(self, phase: str, epoch: int = 0) -> float:
-        """The phase's base rate; under "cosine" it anneals towards 0 over all the epochs.
+    def lr_for(self, phase: str, epoch: int = 0,
+               history: tuple[dict[str, Any], ...] = ()) -> float:
+        """The phase's base rate; under "cosine" it anneals towards 0 over all the epochs;
+        under "plateau" it is multiplied by PLATEAU_FACTOR each time PLATEAU_PATIENCE epochs
+        of `history` pass without a lower validation loss.
 
-        The rate depends on the epoch alone, so a resumed run trains every epoch at the
-        rate an uninterrupted one would have used.
+        The rate depends on the epoch and the recorded history alone, so a resumed run
+        trains every epoch at the rate an uninterrupted one would have used.
         """
         base = self.lr * FINE_TUNE_LR_FACTOR if phase == "top" else self.lr
         if self.lr_schedule == "cosine":
             base *= (1.0 + math.cos(math.pi * epoch / self.epochs)) / 2.0
+        elif self.lr_schedule == "plateau":
+            base *= PLATEAU_FACTOR ** plateaus([h["val_loss"] for h in history
+                                                if h.get("phase") == phase])
         return base
+
+
+def plateaus(val_losses: list[float], patience: int = PLATEAU_PATIENCE) -> int:
+    """How many times the loss went `patience` epochs without a new best (Keras'
+    ReduceLROnPlateau: the wait starts again after each reduction)."""
+    best, wait, count = math.inf, 0, 0
+    for loss in val_losses:
+        if loss < best:
+            best, wait = loss, 0
+            continue
+        wait += 1
+        if wait >= patience:
+            count, wait = count + 1, 0
+    return count
 
 
 @dataclass(frozen=True)
@@ -115,8 +141,15 @@ def enter_phase(model: Any, plan: TrainPlan, phase: str, strategy: Any) -> None:
     import keras
 
     set_phase(model, get_arch(plan.arch), phase)
+    decay = plan.weight_decay or None
     with strategy.scope():
-        optimizer = keras.optimizers.Adam(plan.lr_for(phase))
+        if plan.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(plan.lr_for(phase), momentum=0.9, nesterov=True,
+                                             weight_decay=decay)
+        else:
+            optimizer = keras.optimizers.Adam(plan.lr_for(phase), weight_decay=decay)
+        if decay:  # decay the kernels only, not biases or batch-norm scales and offsets
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy())
         optimizer.build(model.trainable_variables)
 
@@ -128,7 +161,9 @@ class Steps:
         import keras
         import tensorflow as tf
 
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        # One-hot targets so that label smoothing applies (the sparse loss has none).
+        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=plan.label_smoothing,
+                                                       reduction=None)
         weights = tf.constant(plan.class_weights or (1.0,) * N_CLASSES, tf.float32)
         global_batch = plan.batch_size * world_size
         optimizer = model.optimizer
@@ -136,7 +171,8 @@ class Steps:
         def replica_step(x: Any, y: Any) -> Any:
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
-                per_example = loss_fn(y, probs) * tf.gather(weights, y)
+                per_example = (loss_fn(tf.one_hot(y, N_CLASSES), probs)
+                               * tf.gather(weights, y))
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -191,7 +227,7 @@ def batches(shard: Any, plan: TrainPlan, rng: np.random.Generator, train: bool
     for batch in shard.iter_batches(**options):
         faces = batch["image"]
         if train and plan.augment:
-            faces = augment_batch(faces, rng)
+            faces = augment_batch(faces, rng, plan.augmentation)
         yield scale_batch(faces, plan.preprocessing), batch["label"].astype(np.int32)
 
 
@@ -226,7 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             enter_phase(model, plan, phase, strategy)
             state, steps = replace(state, phase=phase), None
         steps = steps or Steps(model, strategy, plan, context.get_world_size())
-        lr = plan.lr_for(phase, epoch)
+        lr = plan.lr_for(phase, epoch, state.history)
         model.optimizer.learning_rate = lr
         started = time.perf_counter()
         metrics: dict[str, Any] = steps.train_epoch(batches(train_shard, plan, rng, train=True))
