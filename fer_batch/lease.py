@@ -53,7 +53,12 @@ def take(output: str, storage_options: dict[str, Any], run_id: str) -> None:
 
 def holder(output: str, storage_options: dict[str, Any]) -> str | None:
     """The run id that owns `output`, or None if no run has taken it."""
-    fs, path = _path(output, storage_options)
+    return holder_at(*filesystem(output, storage_options))
+
+
+def holder_at(fs: Any, root: str) -> str | None:
+    """`holder` for an output already opened as (filesystem, root)."""
+    path = "/".join([root.rstrip("/"), LEASE])
 
     def read() -> str | None:
         fs.invalidate_cache(path)  # s3fs may answer from a listing made earlier
@@ -68,7 +73,12 @@ def holder(output: str, storage_options: dict[str, Any]) -> str | None:
 
 def check(output: str, storage_options: dict[str, Any], run_id: str) -> None:
     """Raise LeaseLost unless `run_id` holds the lease (no lease at all: no fencing)."""
-    owner = holder(output, storage_options)
+    check_at(*filesystem(output, storage_options), run_id, output)
+
+
+def check_at(fs: Any, root: str, run_id: str, output: str | None = None) -> None:
+    """`check` for an output already opened as (filesystem, root)."""
+    owner = holder_at(fs, root)
     if owner is not None and owner != run_id:
-        raise LeaseLost(f"run {run_id} no longer owns {output!r}: run {owner} started on it "
-                        "since; only one run may write an output at a time")
+        raise LeaseLost(f"run {run_id} no longer owns {output or root!r}: run {owner} started "
+                        "on it since; only one run may write an output at a time")

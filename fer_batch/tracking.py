@@ -300,9 +300,13 @@ def _finalize_folder(fs: Any, root: str, folder: str, run_id: str) -> int:
 
 def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
     """Stitch a video's staged segments (in order) and commit it: faces, errors, tracks and
-    media parts, then the marker, then the staged files go."""
+    media parts, then the marker, then the staged files go. Like every commit, it checks
+    the lease before its parts and again before its marker (fer_batch/lease.py): a run
+    that lost the output writes no marker, and its parts are orphans the next run removes."""
+    from fer_batch import lease
     from fer_batch.sink import COMMIT_SCHEMA, commit_id, write_table
 
+    lease.check_at(fs, root, run_id)
     stitcher, headers = Stitcher(), []
     first = _read_header(fs, paths[0])
     final_key = f"{video_key(first['item_key'])}|{FINAL_SEGMENT}"
@@ -321,6 +325,7 @@ def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
                         (TRACKS, stitcher.tracks_table(uri, run_id)),
                         (MEDIA, pa.Table.from_pylist([media], schema=MEDIA_SCHEMA))):
         write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
+    lease.check_at(fs, root, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"),
                 pa.Table.from_pylist([marker], schema=COMMIT_SCHEMA))
     for path in paths:

@@ -189,3 +189,36 @@ def test_unfinished_video_waits_and_other_versions_are_dropped(tmp_path):
     assert staged_segments(*_fs(out), str(video), video_key(keys[0])) == set(range(len(keys) - 1))
     assert staged_segments(*_fs(out), str(video), f"{video}|1|v2") == set()  # a new version
     assert not list(folder.iterdir())
+
+
+def test_a_run_that_lost_the_lease_cannot_commit_a_video(tmp_path, monkeypatch):
+    """finalize_video checks the lease before its parts and again before its marker, as
+    every commit does: a superseded driver publishes nothing, and the staged segments stay
+    for the run that owns the output now."""
+    from fer_batch import lease, tracking
+
+    video = write_video(tmp_path / "v.avi", 20)
+    out = tmp_path / "out"
+    lease.take(str(out), {}, "run-1")
+    keys = commit_segments(video, out, 1.0)
+    lease.take(str(out), {}, "run-2")
+    with pytest.raises(lease.LeaseLost, match="run-1 no longer owns"):
+        finalize_videos(str(out), {}, "run-1")
+    assert not (out / "_commits").exists() and not (out / "faces").exists()
+    assert staged_segments(*_fs(out), str(video), video_key(keys[0])) == set(range(len(keys)))
+
+    # Taken while the parts are being written: the parts are orphans, no marker is written.
+    lease.take(str(out), {}, "run-1")
+    tracks_table = tracking.Stitcher.tracks_table
+
+    def taken_meanwhile(self, *args):
+        lease.take(str(out), {}, "run-3")
+        return tracks_table(self, *args)
+
+    monkeypatch.setattr(tracking.Stitcher, "tracks_table", taken_meanwhile)
+    with pytest.raises(lease.LeaseLost, match="run run-3"):
+        finalize_videos(str(out), {}, "run-1")
+    assert (out / "faces").exists() and not (out / "_commits").exists()
+    monkeypatch.setattr(tracking.Stitcher, "tracks_table", tracks_table)
+    assert finalize_videos(str(out), {}, "run-3") == 1
+    assert len(read_commits(str(out), {})) == 1
