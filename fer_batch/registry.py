@@ -1,6 +1,8 @@
 """Model registry: a name resolves to everything a model needs.
 
-Entries live in ``models/registry.toml``. A trained model directory (holding
+Entries live in ``fer_batch/models/registry.toml`` (``models/`` at the top of the repository
+links to it), read through importlib.resources, so an installed package finds them
+wherever it runs. A trained model directory (holding
 ``registry.json`` beside its ``.keras`` file) and a bare ``.keras`` path also
 resolve to a `ModelSpec`, so every consumer (annotate, evaluate, train's
 ``--init-from``) handles the three the same way.
@@ -22,7 +24,7 @@ import numpy as np
 
 from fer_batch.schema import EMOTIONS
 
-REGISTRY_FILE = Path(__file__).resolve().parents[1] / "models" / "registry.toml"
+REGISTRY_FILE = Path(str(resources.files("fer_batch").joinpath("models", "registry.toml")))
 ENTRY_FILE = "registry.json"
 PACKAGE_SCHEME = "package://"
 
