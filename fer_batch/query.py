@@ -1,12 +1,41 @@
-"""DuckDB over an output: views `faces`, `media`, `errors` (and `tracks`) on its Parquet."""
+"""DuckDB over an output: views `faces`, `media`, `errors` (and `tracks`) on its Parquet.
+
+Readers see committed rows only: a part file counts when a completion marker names it
+(`committed_files`), so a run killed between its parts and its marker never shows half a
+commit, to `fer-batch query` or to the README's pandas, Polars and Spark recipes.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from fer_batch.schema import TABLES
-from fer_batch.sink import join
-from fer_batch.sources import filesystem
+from fer_batch.schema import SCHEMAS, TABLES
+from fer_batch.sink import committed_ids, join
+from fer_batch.sources import filesystem, retry_transient
+
+
+def committed_files(output: str, table: str, storage_options: dict[str, Any] | None = None,
+                    ids: set[str] | None = None) -> list[str]:
+    """The part files of `table` that a completion marker names (plus the empty part a
+    finished run leaves for the schema), as paths or URLs that readers open as they are."""
+    if table not in SCHEMAS:
+        raise ValueError(f"table must be one of {tuple(SCHEMAS)}; received: {table!r}")
+    storage_options = storage_options or {}
+    fs, root = filesystem(output, storage_options)
+    folder = join(root, table)
+    if not retry_transient(fs.exists, folder):
+        return []
+    done = committed_ids(output, storage_options) if ids is None else ids
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    files = []
+    for path in sorted(retry_transient(fs.ls, folder, detail=False)):
+        base = os.path.basename(path)
+        cid = base.removeprefix("part-").removesuffix(".parquet")
+        if base.startswith("part-") and base.endswith(".parquet") and (
+                cid in done or cid == "empty"):
+            files.append(path if protocol in ("file", "local") else f"{protocol}://{path}")
+    return files
 
 
 def connect(output: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -18,14 +47,17 @@ def connect(output: str, storage_options: dict[str, Any] | None = None) -> Any:
         raise ValueError(f"OUT has no fer-batch tables (no media/ under it): {output!r}")
     con = duckdb.connect()
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = root
     if protocol not in ("file", "local"):
         con.register_filesystem(fs)  # s3fs & co. through fsspec: no DuckDB extension download
-        prefix = f"{protocol}://{root}"
+    ids = committed_ids(output, storage_options or {})
     for name in TABLES:
-        if fs.exists(join(root, name)):
-            pattern = join(prefix, name, "*.parquet")
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{pattern}')")
+        files = committed_files(output, name, storage_options, ids)
+        if files:
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
+        elif fs.exists(join(root, name)):  # nothing committed yet: the table, empty
+            con.register(f"_{name}_empty", SCHEMAS[name].empty_table())
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
     return con
 
 

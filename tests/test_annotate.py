@@ -81,14 +81,20 @@ def test_placement_recorded(annotated):
         assert sum(v["items"] for v in nodes.values()) == record["counts"]["processed"]
 
 
-def test_opens_in_duckdb_and_pandas(annotated, capsys):
+def test_opens_in_duckdb_pandas_and_polars_as_the_readme_reads(annotated, capsys):
     import duckdb
     import pandas as pd
+    import polars as pl
 
-    faces = pd.read_parquet(annotated / "faces")
-    con = duckdb.connect()
-    n = con.execute(f"select count(*) from read_parquet('{annotated}/faces/*.parquet')").fetchone()
-    assert n[0] == len(faces) > 0
+    from fer_batch.query import committed_files
+
+    faces_files = committed_files(str(annotated), "faces")
+    faces = pd.read_parquet(faces_files)
+    assert len(faces) == len(pd.read_parquet(annotated / "faces")) > 0  # all committed
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({faces_files})").fetchone()
+    assert n[0] == len(faces)
+    by_emotion = pl.scan_parquet(faces_files).group_by("emotion").len().collect()
+    assert by_emotion["len"].sum() == len(faces)
     assert main(["query", str(annotated), "select emotion, count(*) n from faces group by 1"]) == 0
     assert "emotion" in capsys.readouterr().out
 

@@ -320,3 +320,37 @@ def test_a_superseded_run_cannot_commit(tmp_path):
     write_commit(_one_item_batch("/b.jpg"), out, "run-new", "m", {})
     assert lease.holder(out, {}) == "run-new"
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
+
+
+def test_readers_never_see_a_commit_whose_marker_was_not_written(tmp_path, monkeypatch):
+    """A writer stopped between its parts and its marker (here: its lease taken in between)
+    leaves parts on disk that `fer-batch query` and committed_files() never show."""
+    import pyarrow.parquet as pq
+
+    from fer_batch import sink
+    from fer_batch.query import committed_files, connect
+
+    out = str(tmp_path / "out")
+    lease.take(out, {}, "run-1")
+    write_commit(_one_item_batch("/a.jpg"), out, "run-1", "m", {})
+    real_marker = sink.commit_table
+
+    def stopped_before_marker(*args):
+        lease.take(out, {}, "run-2")
+        return real_marker(*args)
+
+    monkeypatch.setattr(sink, "commit_table", stopped_before_marker)
+    with pytest.raises(lease.LeaseLost):
+        write_commit(_one_item_batch("/b.jpg"), out, "run-1", "m", {})
+    on_disk = sorted((tmp_path / "out" / "media").glob("*.parquet"))
+    assert len(on_disk) == 2  # the half commit's part is there
+    assert set(pq.read_table(on_disk[0].parent).column("source_uri").to_pylist()) == {
+        "/a.jpg", "/b.jpg"}
+    visible = committed_files(out, "media")
+    assert len(visible) == 1
+    assert pq.read_table(visible).column("source_uri").to_pylist() == ["/a.jpg"]
+    con = connect(out)
+    assert con.sql("SELECT source_uri FROM media").fetchall() == [("/a.jpg",)]
+    assert con.sql("SELECT count(*) FROM faces").fetchall() == [(0,)]
+    with pytest.raises(ValueError, match="table must be one of"):
+        committed_files(out, "fces")
