@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -29,29 +28,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def readme_commands() -> list[str]:
+    """The README's job-submit block, one command per line (continuations joined)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- job-submit-commands -->", 1)[1]
+    code = block.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = code.replace("\\\n", " ").splitlines()
+    return [" ".join(line.split("  #")[0].split()) for line in lines if line.strip()]
+
+
 @pytest.fixture
 def ray_head(tmp_path):
-    """`ray start --head --block` in its own process group: killing it stops what it started."""
+    """The README's commands up to `ray start --head`, run as written with a fresh HOME (so
+    the token goes to a new ~/.ray/auth_token). The head gets --block and free ports on top:
+    the test session's own Ray holds the defaults (another Ray's agent on 52365 makes a
+    head answer "No available agent" to every submission). It runs in its own process
+    group and is stopped by its PID, where the README says `ray stop`: that would stop every
+    Ray on the machine."""
+    commands = readme_commands()
+    assert commands[:4] == [". .venv/bin/activate",
+                            "ray get-auth-token --generate > /dev/null",
+                            "export RAY_AUTH_MODE=token",
+                            "ray start --head --dashboard-host 127.0.0.1"], commands
+    assert commands[5:] == ["ray stop"], commands
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    subprocess.run(commands[1], shell=True, check=True, env=env, cwd=REPO)
+    assert (home / ".ray" / "auth_token").stat().st_size > 0
+    env["RAY_AUTH_MODE"] = "token"
     port, dash = _free_port(), _free_port()
-    # Every port the head opens is a free one: another Ray on this machine (the test
-    # session's own) already holds the agent's default 52365, and a head whose agent
-    # cannot bind answers "No available agent" to every submission.
-    agent_ports = [
+    extra = [
         f"--{name}={_free_port()}"
         for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                      "runtime-env-agent-port", "metrics-export-port",
                      "object-manager-port", "node-manager-port")
     ]
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # AF_UNIX paths are short
-    # Ray 2.60 clusters require a token: the head and the client share a fresh one.
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--num-cpus", "2", "--temp-dir", temp_dir, *agent_ports],
+        [*commands[3].split(), "--block", "--node-ip-address", "127.0.0.1", "--port",
+         str(port), "--dashboard-port", str(dash), "--num-cpus", "2", "--temp-dir", temp_dir,
+         *extra],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
+        start_new_session=True, cwd=REPO,
     )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -64,7 +85,7 @@ def ray_head(tmp_path):
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("ray head did not come up: " + (tmp_path / "head.log").read_text()[-2000:])
-    yield address, env
+    yield address, dash, env, commands[4]
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)
@@ -73,19 +94,26 @@ def ray_head(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_jobs_annotate(ray_head, tmp_path):
-    address, env = ray_head
+def test_the_readme_job_submit_commands_run_jobs_annotate(ray_head, tmp_path):
+    address, dash, env, submit = ray_head
+    # Without RAY_AUTH_MODE=token the head turns the client away: why the README exports it.
+    plain = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
+                             capture_output=True, text=True, env=plain)
+    assert refused.returncode != 0, refused.stdout
     archive = tmp_path / "archive"
     write_valid_images(archive / "good")
     write_bad_images(archive / "bad", huge=False)
     out = tmp_path / "out"
+    assert "http://127.0.0.1:8265" in submit and "demo/archive" in submit
+    command = (submit.replace("http://127.0.0.1:8265", address)
+               .replace("demo/archive", str(archive)).replace("demo/cluster-out", str(out)))
+    args = command.split()
+    assert args[:2] == ["ray", "job"] and args[args.index("--") + 1] == "python"
+    args[args.index("--") + 1] = sys.executable  # the venv's python, as `activate` gives
     for _ in range(10):  # the head answers before its job agent is ready to take jobs
-        result = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--", sys.executable, "jobs/annotate.py", str(archive), "--output", str(out),
-             "--no-progress"],
-            capture_output=True, text=True, env=env, timeout=600,
-        )
+        result = subprocess.run([*args, "--no-progress"], capture_output=True, text=True,
+                                env=env, timeout=600, cwd=REPO)
         if "No available agent" not in result.stdout + result.stderr:
             break
         time.sleep(6)
