@@ -91,7 +91,7 @@ def test_opens_in_duckdb_pandas_and_polars_as_the_readme_reads(annotated, capsys
     faces_files = committed_files(str(annotated), "faces")
     faces = pd.read_parquet(faces_files)
     assert len(faces) == len(pd.read_parquet(annotated / "faces")) > 0  # all committed
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({faces_files})").fetchone()
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({faces_files})").fetchall()[0]
     assert n[0] == len(faces)
     by_emotion = pl.scan_parquet(faces_files).group_by("emotion").len().collect()
     assert by_emotion["len"].sum() == len(faces)
