@@ -71,7 +71,10 @@ def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=None, help="fsspec options as JSON")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (without a terminal: no progress lines)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own log lines and progress too")
 
 
 def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
@@ -95,6 +98,7 @@ def annotate_config(args: argparse.Namespace) -> AnnotateConfig:
         storage_options=parse_storage_options(args.storage_options),
         address=args.address or os.environ.get("RAY_ADDRESS") or None,
         progress=not args.no_progress,
+        verbose=args.verbose,
     )
 
 

@@ -108,6 +108,7 @@ class AnnotateConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
     progress: bool = True
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.inputs) or self.manifest is not None, "INPUT",

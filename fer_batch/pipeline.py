@@ -7,6 +7,7 @@ summaries; images and crops never pass through it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from fer_batch.infer import ClassifyStage
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
 from fer_batch.placement import classifier_strategy, reserve_classifiers
 from fer_batch.plan import StatFn, WorkPlan, commit_summary, drop_commits, stat_on_workers
+from fer_batch.progress import NativeStderrTo, Progress
 from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
 from fer_batch.registry import Scorer, resolve_scorer, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
@@ -47,7 +49,6 @@ LISTING_CHUNK = 10_000
 WAVE_ITEMS = 50_000
 MAX_BLOCK_ROWS = 32
 GUIDE = 4
-PROGRESS_EVERY_S = 10.0
 TASK_RETRIES = 3
 _VERSIONED = ("fer-batch", "ray", "tensorflow", "keras", "opencv-python-headless", "numpy",
               "pyarrow", "pillow", "fsspec", "s3fs", "duckdb", "fer", "mtcnn")
@@ -85,18 +86,58 @@ def prepare(cfg: AnnotateConfig) -> Scorer:
     return spec
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, verbose: bool = False) -> None:
+    """Start or join Ray. Unless `verbose`, Ray's own lines stay in its session's log
+    folder (printed once): the terminal shows fer-batch's progress and summary only."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet_ray(verbose)
     # "local" starts a fresh Ray even when another one runs on this machine; a bare
     # ray.init() would attach to it. The embedded Ray of one job has no dashboard: it
     # costs a second of start-up and a share of the CPU (start Ray yourself, with
     # `ray start --head`, and pass --address for one).
     local = address in (None, "local")
-    ray.init(address=address or "local", log_to_driver=False,
+    ray.init(address=address or "local", log_to_driver=verbose,
+             logging_level="INFO" if verbose else "ERROR",
              **({"include_dashboard": False} if local else {}))
+    if not verbose:
+        quiet_ray(verbose)  # ray.init sets its loggers up again
+
+
+def ray_logs_dir() -> str | None:
+    """This driver's Ray session log folder (a private API, so None when it moves)."""
+    import ray
+
+    try:
+        return str(ray._private.worker.global_worker.node.get_logs_dir_path())
+    except AttributeError:
+        return None
+
+
+def quiet_terminal(verbose: bool) -> Any:
+    """Unless `verbose`: say once where Ray's logs are, and send what Ray's C++ core prints
+    to this process's stderr there (fer_batch/progress.py)."""
+    logs = None if verbose else ray_logs_dir()
+    if logs is None:
+        return contextlib.nullcontext()
+    print(f"[fer-batch] Ray's logs: {logs} (--verbose shows them here)", file=sys.stderr)
+    return NativeStderrTo(os.path.join(logs, "fer-batch-driver.err"))
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Ray's and Ray Data's loggers at ERROR, and Ray Data's progress bars off."""
+    import logging
+
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
+        logging.getLogger(name).setLevel(level)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
 
 
 def clear_output(output: str, storage_options: dict[str, Any]) -> None:
@@ -285,10 +326,12 @@ def annotate(cfg: AnnotateConfig) -> dict[str, Any]:
     # Taken before Ray starts: from here on, workers of an earlier run that are still
     # alive cannot commit into this output.
     lease.take(cfg.output, cfg.storage_options, run_id)
-    init_ray(cfg.address)
-    from ray.data import DataContext
+    init_ray(cfg.address, cfg.verbose)
+    with quiet_terminal(cfg.verbose):
+        return _annotate(cfg, spec, run_id)
 
-    DataContext.get_current().enable_progress_bars = cfg.progress
+
+def _annotate(cfg: AnnotateConfig, spec: Scorer, run_id: str) -> dict[str, Any]:
     started = time.time()
     if cfg.overwrite:
         clear_output(cfg.output, cfg.storage_options)
@@ -322,26 +365,25 @@ def run_waves(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, An
     todo = work.counts["todo"]
     rows = block_sizes(todo, cfg.files_per_task, plan["detect_actors"])
     stream = blocks((expand_videos(work_items(t), cfg) for t in work.todo()), rows)
-    finished_items, last = 0, time.time()
-    for wave in waves(stream, WAVE_ITEMS):
-        ds = tolerate_failed_blocks(build_dataset(cfg, spec, wave, run_id, plan),
-                                    failed_blocks_budget(len(wave), plan))
-        log = CommitLog()
-        try:
-            for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                finished_items += log.add(summary)
-                if cfg.progress and time.time() - last > PROGRESS_EVERY_S:
-                    last = time.time()
-                    print(f"[fer-batch] {finished_items}/{todo} files committed",
-                          file=sys.stderr)
-        except Exception:
-            lease.check(cfg.output, cfg.storage_options, run_id)  # the clearer error first
-            raise
-        lease.check(cfg.output, cfg.storage_options, run_id)
-        finished_items += recover(cfg, spec, run_id, plan, wave, log)
-        del wave, ds
-        finalize_videos(cfg.output, cfg.storage_options, run_id)
-    finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave was needed
+    progress = Progress(todo, enabled=cfg.progress)
+    try:
+        for wave in waves(stream, WAVE_ITEMS):
+            ds = tolerate_failed_blocks(build_dataset(cfg, spec, wave, run_id, plan),
+                                        failed_blocks_budget(len(wave), plan))
+            log = CommitLog()
+            try:
+                for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    progress.update(*log.add(summary))
+            except Exception:
+                lease.check(cfg.output, cfg.storage_options, run_id)  # the clearer error
+                raise
+            lease.check(cfg.output, cfg.storage_options, run_id)
+            progress.update(recover(cfg, spec, run_id, plan, wave, log), 0, 0)
+            del wave, ds
+            finalize_videos(cfg.output, cfg.storage_options, run_id)
+        finalize_videos(cfg.output, cfg.storage_options, run_id)  # also when no wave ran
+    finally:
+        progress.close()
 
 
 def run_record(cfg: AnnotateConfig, spec: Scorer, run_id: str, started: float,

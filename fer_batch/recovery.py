@@ -48,14 +48,18 @@ class CommitLog:
     def __init__(self) -> None:
         self.items: dict[str, int] = {}
 
-    def add(self, summary: dict[str, np.ndarray]) -> int:
-        """Record one CommitWriter summary; returns how many items it newly committed."""
-        new = 0
-        for cid, n in zip(summary["commit"], summary["n_items"]):
+    def add(self, summary: dict[str, np.ndarray]) -> tuple[int, int, int]:
+        """Record one CommitWriter summary; returns the items, faces and error items it
+        newly committed."""
+        new = [0, 0, 0]
+        zero = np.zeros(len(summary["commit"]), np.int64)
+        for cid, n, faces, errors in zip(summary["commit"], summary["n_items"],
+                                         summary.get("n_faces", zero),
+                                         summary.get("n_errors", zero)):
             if str(cid) not in self.items:
                 self.items[str(cid)] = int(n)
-                new += int(n)
-        return new
+                new = [new[0] + int(n), new[1] + int(faces), new[2] + int(errors)]
+        return new[0], new[1], new[2]
 
     @property
     def n_items(self) -> int:

@@ -193,11 +193,15 @@ def write_commit(
         # (fer_batch.tracking.finalize_videos), with track ids stitched across them.
         from fer_batch.tracking import stage_segments
 
-        stage_segments(fs, root, batch, faces_table(batch, run_id, model), run_id)
+        staged = faces_table(batch, run_id, model)
+        stage_segments(fs, root, batch, staged, run_id)
         images = np.asarray(batch["media_type"]) != "video"
+        n_faces = staged.num_rows - sum(len(f) for f in batch["faces"][images])
         batch = {name: column[images] for name, column in batch.items()}
         if not images.any():
-            return {"commit": np.array([cid]), "n_items": np.array([n_items])}
+            return _summary(cid, n_items, n_faces, 0)
+    else:
+        n_faces = 0
     tables = {
         FACES: faces_table(batch, run_id, model),
         MEDIA: media_table(batch, run_id),
@@ -209,7 +213,14 @@ def write_commit(
     marker = commit_table(batch, run_id)
     lease.check(output, storage_options, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
-    return {"commit": np.array([cid]), "n_items": np.array([n_items])}
+    errors = int((np.asarray(batch["status"]) == "error").sum())
+    return _summary(cid, n_items, n_faces + tables[FACES].num_rows, errors)
+
+
+def _summary(cid: str, n_items: int, n_faces: int, n_errors: int) -> dict[str, np.ndarray]:
+    """What the driver hears of one commit (its progress counts; recovery's commit log)."""
+    return {"commit": np.array([cid]), "n_items": np.array([n_items]),
+            "n_faces": np.array([n_faces]), "n_errors": np.array([n_errors])}
 
 
 def committed_ids(output: str, storage_options: dict[str, Any]) -> set[str]:

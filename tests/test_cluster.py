@@ -111,6 +111,8 @@ def test_input_that_kills_its_worker_becomes_a_worker_error_row(cluster_runs):
 
 def test_commit_log_counts_a_retried_commit_once():
     log = CommitLog()
-    assert log.add({"commit": np.array(["a", "b"]), "n_items": np.array([3, 2])}) == 5
-    assert log.add({"commit": np.array(["a"]), "n_items": np.array([3])}) == 0
+    assert log.add({"commit": np.array(["a", "b"]), "n_items": np.array([3, 2]),
+                    "n_faces": np.array([4, 0]), "n_errors": np.array([0, 1])}) == (5, 4, 1)
+    assert log.add({"commit": np.array(["a"]), "n_items": np.array([3]),
+                    "n_faces": np.array([4]), "n_errors": np.array([0])}) == (0, 0, 0)
     assert log.n_items == 5
