@@ -56,7 +56,12 @@ demo: setup
 	  "SELECT regexp_extract(m.source_uri, '[^/]+$$') AS file, m.status, m.n_faces, \
 	          f.emotion, round(f.emotion_score, 3) AS score, e.error_type \
 	   FROM media m LEFT JOIN faces f USING (source_uri) LEFT JOIN errors e USING (source_uri) \
+	   WHERE m.media_type = 'image' \
 	   ORDER BY file"
+	$(BIN)/fer-batch query $(DEMO)/out \
+	  "SELECT regexp_extract(source_uri, '[^/]+$$') AS video, track_id, round(start_s, 1) AS start_s, round(end_s, 1) AS end_s, n_frames, \
+	          emotion FROM tracks"
+	$(BIN)/fer-batch report $(DEMO)/out
 
 test: setup
 	$(BIN)/python -m pytest -q
