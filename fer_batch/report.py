@@ -1,15 +1,24 @@
-"""`fer-batch report OUT`: emotion timelines per video and one HTML summary page.
+"""`fer-batch report OUT`: one self-contained HTML page about an output.
 
-Everything is aggregated in DuckDB over the output's tables (fer_batch.query), so
-only per-bin counts reach Python: a video's timeline splits it into at most
-``MAX_BINS`` bins (at least one second each) and shows, per bin, the share of the
-faces whose dominant emotion is each of the seven. The page also has the emotion
-distribution over all faces, media status counts and the error summary.
+Everything is aggregated or sampled in DuckDB over the output's committed tables
+(fer_batch.query), so only small results reach Python, whatever the output's size:
+
+- a contact sheet: per emotion, the CROPS_EACH most and least confident faces and a
+  random sample of CROPS_EACH, cut again from their source files, with score, file and
+  frame time, so a user can judge the labels in a minute;
+- per video, the share of each emotion over time (at most ``MAX_BINS`` bins of at
+  least one second) and one line per track (a person), coloured by its emotion frame
+  by frame;
+- the emotion distribution, media status counts, the error summary and the files that
+  failed or partly failed, with their messages.
+
+Images are inlined (data: URIs), so the page opens from disk or an object store with
+no network and no other file. A chart is only drawn where there is something in it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import html
 import io
 import math
@@ -23,6 +32,10 @@ from fer_batch.sources import filesystem
 
 MAX_BINS = 120
 DEFAULT_MAX_VIDEOS = 100
+CROPS_EACH = 4  # per emotion: most confident, least confident, random
+CROP_PX = 96
+MAX_TRACKS = 40  # track lines per video
+MAX_FAILED_FILES = 200
 REPORT_DIR = "report"
 COLORS = {"angry": "#d62728", "disgust": "#2ca02c", "fear": "#9467bd", "happy": "#f2c200",
           "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#8c8c8c"}
@@ -37,6 +50,32 @@ _BINS = """
     FROM faces f JOIN ({videos}) v USING (source_uri)
     WHERE f.media_type = 'video' AND f.timestamp_s IS NOT NULL
     GROUP BY ALL"""
+_SHEET = """
+    WITH ranked AS (
+        SELECT source_uri, media_type, frame_index, timestamp_s, bbox_x, bbox_y, bbox_w,
+               bbox_h, emotion, emotion_score,
+               row_number() OVER (PARTITION BY emotion ORDER BY emotion_score DESC,
+                                  source_uri, frame_index, face_index) AS top,
+               row_number() OVER (PARTITION BY emotion ORDER BY emotion_score ASC,
+                                  source_uri, frame_index, face_index) AS bottom,
+               row_number() OVER (PARTITION BY emotion ORDER BY
+                                  hash(source_uri, frame_index, face_index)) AS random
+        FROM faces)
+    SELECT *, CASE WHEN top <= {k} THEN 'most confident' WHEN bottom <= {k}
+                   THEN 'least confident' ELSE 'random' END AS pick
+    FROM ranked WHERE top <= {k} OR bottom <= {k} OR random <= {k}
+    ORDER BY emotion, pick, emotion_score DESC"""
+_TRACKS = """
+    SELECT f.source_uri, f.track_id, f.timestamp_s, f.emotion
+    FROM faces f JOIN ({videos}) v USING (source_uri)
+    WHERE f.media_type = 'video' AND f.track_id IS NOT NULL AND f.track_id < {tracks}
+    ORDER BY f.source_uri, f.track_id, f.timestamp_s"""
+_FAILED = """
+    SELECT m.source_uri, m.media_type, m.status,
+           string_agg(DISTINCT e.stage || ': ' || e.error_type || ': ' || e.message, ' | ')
+               AS messages
+    FROM media m LEFT JOIN errors e USING (source_uri)
+    WHERE m.status <> 'ok' GROUP BY ALL ORDER BY m.status, m.source_uri LIMIT {limit}"""
 _ERRORS = """
     SELECT stage, error_type, count(*) AS n, count(DISTINCT source_uri) AS files,
            any_value(source_uri) AS example_uri, any_value(message) AS example
@@ -45,7 +84,7 @@ _ERRORS = """
 
 def report(output: str, storage_options: dict[str, Any] | None = None, dest: str | None = None,
            max_videos: int = DEFAULT_MAX_VIDEOS) -> str:
-    """Write the timelines and ``index.html`` under `dest` (default OUT/report); its URI."""
+    """Write ``index.html`` under `dest` (default OUT/report); its URI."""
     from fer_batch.query import connect
 
     if max_videos < 0:
@@ -54,16 +93,19 @@ def report(output: str, storage_options: dict[str, Any] | None = None, dest: str
     con = connect(output, storage_options)
     fs, root = filesystem(dest or join(output, REPORT_DIR), storage_options)
     fs.makedirs(root, exist_ok=True)
-    videos = _rows(con, _VIDEOS.format(bins=MAX_BINS, limit=max_videos))
-    bins = _rows(con, _BINS.format(videos=_VIDEOS.format(bins=MAX_BINS, limit=max_videos)))
+    video_sql = _VIDEOS.format(bins=MAX_BINS, limit=max_videos)
+    videos = _rows(con, video_sql)
+    bins = _rows(con, _BINS.format(videos=video_sql))
+    tracks = _rows(con, _TRACKS.format(videos=video_sql, tracks=MAX_TRACKS))
     for video in videos:
         mine = [b for b in bins if b["source_uri"] == video["source_uri"]]
-        digest = hashlib.sha1(video["source_uri"].encode()).hexdigest()[:16]
-        video["timeline"] = f"timeline-{digest}.png"
-        _write(fs, join(root, video["timeline"]), plot_timeline(video, *timeline(mine, video)))
+        video["timeline"] = (_data_uri(plot_timeline(video, *timeline(mine, video)))
+                             if mine else None)
+        lines = [t for t in tracks if t["source_uri"] == video["source_uri"]]
+        video["tracks"] = _data_uri(plot_tracks(video, lines)) if lines else None
     emotions = {r["emotion"]: r["n"] for r in _rows(con, "SELECT emotion, count(*) AS n FROM faces"
                                                           " GROUP BY emotion")}
-    _write(fs, join(root, "emotions.png"), plot_distribution(emotions))
+    sheet = contact_sheet(_rows(con, _SHEET.format(k=CROPS_EACH)), storage_options)
     page = render_html(
         output=output,
         videos=videos,
@@ -72,10 +114,83 @@ def report(output: str, storage_options: dict[str, Any] | None = None, dest: str
         status=_rows(con, "SELECT media_type, status, count(*) AS n FROM media GROUP BY ALL"
                           " ORDER BY ALL"),
         errors=_rows(con, _ERRORS),
+        failed=_rows(con, _FAILED.format(limit=MAX_FAILED_FILES)),
+        sheet=sheet,
+        distribution=_data_uri(plot_distribution(emotions)) if emotions else None,
     )
     _write(fs, join(root, "index.html"), page.encode())
     con.close()
     return join(dest or join(output, REPORT_DIR), "index.html")
+
+
+def _data_uri(png: bytes, kind: str = "image/png") -> str:
+    return f"data:{kind};base64,{base64.b64encode(png).decode()}"
+
+
+def contact_sheet(faces: list[dict[str, Any]], storage_options: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """The sampled faces with their crops (JPEG data URIs), cut again from the sources;
+    a face whose source cannot be read any more keeps crop None and says why."""
+    from fer_batch.video import LocalCopy
+
+    copies = LocalCopy()
+    cache: dict[str, Any] = {}
+    try:
+        for face in sorted(faces, key=lambda f: (f["source_uri"], f["frame_index"])):
+            try:
+                pixels = _source_pixels(face, cache, copies, storage_options)
+                face["crop"], face["why"] = _crop(pixels, face), None
+            except Exception as e:  # noqa: BLE001 - a moved or changed source: say so
+                face["crop"], face["why"] = None, f"{type(e).__name__}: {e}"
+    finally:
+        copies.clear()
+    return faces
+
+
+def _source_pixels(face: dict[str, Any], cache: dict[str, Any], copies: Any,
+                   storage_options: dict[str, Any]) -> Any:
+    """RGB pixels of the face's image or video frame, in original pixels."""
+    key = f"{face['source_uri']}|{face['frame_index']}"
+    if key in cache:
+        return cache[key]
+    if len(cache) > 8:
+        cache.clear()
+    if face["media_type"] == "image":
+        from fer_batch.images import decode_image
+        from fer_batch.sources import read_bytes
+
+        decoded = decode_image(read_bytes(face["source_uri"], storage_options), 10**9, "rgb")
+        pixels = decoded.pixels[:, :, ::-1] if decoded.pixels.ndim == 3 else decoded.pixels
+    else:
+        import cv2
+
+        path = copies.get(face["source_uri"], "", storage_options)
+        cap = cv2.VideoCapture(path)
+        try:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(face["frame_index"]))
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+        if not ok:
+            raise ValueError(f"frame {face['frame_index']} cannot be read")
+        pixels = frame[:, :, ::-1]
+    cache[key] = pixels
+    return pixels
+
+
+def _crop(pixels: Any, face: dict[str, Any]) -> str:
+    from PIL import Image
+
+    rows, cols = pixels.shape[:2]
+    x, y, w, h = (int(face[k]) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+    pad = int(0.15 * max(w, h))
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(cols, x + w + pad), min(rows, y + h + pad)
+    image = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+    image.thumbnail((CROP_PX, CROP_PX))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=85)
+    return _data_uri(buf.getvalue(), "image/jpeg")
 
 
 def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
@@ -126,6 +241,27 @@ def plot_timeline(video: dict[str, Any], total: np.ndarray, shares: np.ndarray) 
     return _png(fig)
 
 
+def plot_tracks(video: dict[str, Any], faces: list[dict[str, Any]]) -> bytes:
+    """One line per track (a person): each sampled frame a dot in its emotion's colour."""
+    from matplotlib.figure import Figure
+
+    ids = sorted({f["track_id"] for f in faces})
+    fig = Figure(figsize=(10, 1.8 + 0.35 * len(ids)))
+    ax = fig.add_subplot()
+    for row, track in enumerate(ids):
+        mine = [f for f in faces if f["track_id"] == track]
+        ax.scatter([f["timestamp_s"] for f in mine], [row] * len(mine), s=30, marker="s",
+                   c=[COLORS[f["emotion"]] for f in mine])
+    ax.set_yticks(range(len(ids)), [f"track {t}" for t in ids])
+    ax.set_xlabel("time (s)")
+    ax.set_ylim(-0.7, len(ids) - 0.3)
+    handles = [ax.scatter([], [], c=COLORS[e], marker="s", label=e) for e in EMOTIONS]
+    ax.legend(handles=handles, ncol=7, fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, 1.0 + 0.9 / (1 + len(ids))), frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def plot_distribution(emotions: dict[str, int]) -> bytes:
     from matplotlib.figure import Figure
 
@@ -160,14 +296,20 @@ def _fmt(value: Any) -> str:
 
 
 def render_html(output: str, videos: list[dict], n_videos: int, emotions: dict[str, int],
-                status: list[dict], errors: list[dict]) -> str:
+                status: list[dict], errors: list[dict], failed: list[dict] | None = None,
+                sheet: list[dict] | None = None, distribution: str | None = None) -> str:
     """The summary page; every value from the tables is escaped."""
     total = sum(emotions.values())
     parts = [f"<h1>fer-batch report</h1><p>{html.escape(output)}</p>",
-             "<h2>Emotion distribution</h2><img src='emotions.png' alt='emotion distribution'>",
+             "<h2>Emotion distribution</h2>",
+             f"<img src='{distribution}' alt='emotion distribution'>" if distribution
+             else "<p>No faces were found.</p>",
              _table(["emotion", "faces", "share"],
                     [[e, emotions.get(e, 0), emotions.get(e, 0) / total if total else None]
-                     for e in EMOTIONS]),
+                     for e in EMOTIONS]) if total else "",
+             f"<h2>Faces by emotion</h2><p>For each emotion, the {CROPS_EACH} faces scored "
+             f"most and least confidently and {CROPS_EACH} at random.</p>",
+             _sheet_html(sheet or []),
              "<h2>Media</h2>",
              _table(["media type", "status", "files"],
                     [[s["media_type"], s["status"], s["n"]] for s in status]),
@@ -175,13 +317,49 @@ def render_html(output: str, videos: list[dict], n_videos: int, emotions: dict[s
              _table(["stage", "error type", "rows", "files", "example file", "example message"],
                     [[e["stage"], e["error_type"], e["n"], e["files"], e["example_uri"],
                       e["example"]] for e in errors]) if errors else "<p>No errors.</p>",
-             f"<h2>Video timelines ({len(videos)} of {n_videos})</h2>"]
+             f"<h2>Files that failed or partly failed ({len(failed or [])}"
+             f"{'+' if len(failed or []) >= MAX_FAILED_FILES else ''})</h2>",
+             _table(["file", "media type", "status", "messages"],
+                    [[f["source_uri"], f["media_type"], f["status"], f["messages"]]
+                     for f in failed]) if failed else "<p>None.</p>",
+             f"<h2>Videos ({len(videos)} of {n_videos})</h2>"]
     for v in videos:
         parts.append(f"<h3>{html.escape(v['source_uri'])}</h3><p>status {html.escape(v['status'])}"
-                     f", {_fmt(v['duration_s'])} s, {v['n_frames_sampled']} sampled frames, "
-                     f"{v['n_faces']} faces</p><img src='{v['timeline']}' alt='timeline'>")
+                     f", {_fmt(v['duration_s']) or 'unknown'} s, {v['n_frames_sampled']} "
+                     f"sampled frames, {v['n_faces']} faces</p>")
+        if v.get("timeline"):
+            parts.append(f"<img src='{v['timeline']}' alt='emotion shares over time'>")
+        if v.get("tracks"):
+            parts.append(f"<img src='{v['tracks']}' alt='emotion per track over time'>")
+        if not v.get("timeline") and not v.get("tracks"):
+            parts.append("<p>No faces in this video, so no timeline.</p>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:"
              "collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "font-size:0.9em;text-align:left}img{max-width:100%}")
+             "font-size:0.9em;text-align:left}img{max-width:100%}"
+             ".sheet{display:flex;flex-wrap:wrap;gap:6px}.face{width:110px;font-size:0.7em;"
+             "overflow-wrap:anywhere}.face img{width:96px;height:96px;object-fit:contain;"
+             "background:#eee;display:block}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fer-batch report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _sheet_html(sheet: list[dict]) -> str:
+    if not sheet:
+        return "<p>No faces were found.</p>"
+    parts = []
+    for emotion in EMOTIONS:
+        mine = [f for f in sheet if f["emotion"] == emotion]
+        if not mine:
+            continue
+        parts.append(f"<h3>{emotion}</h3><div class='sheet'>")
+        for pick in ("most confident", "least confident", "random"):
+            for f in (f for f in mine if f["pick"] == pick):
+                when = (f", {f['timestamp_s']:.2f} s" if f["timestamp_s"] is not None
+                        and math.isfinite(f["timestamp_s"]) else "")
+                name = f["source_uri"].rsplit("/", 1)[-1]
+                image = (f"<img src='{f['crop']}' alt='{html.escape(emotion)} face'>"
+                         if f["crop"] else f"<p>{html.escape(f['why'] or '')}</p>")
+                parts.append(f"<div class='face'>{image}{html.escape(pick)}: "
+                             f"{f['emotion_score']:.2f}<br>{html.escape(name)}{when}</div>")
+        parts.append("</div>")
+    return "".join(parts)

@@ -15,8 +15,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _write(out, name: str, rows: list[dict]) -> None:
+    """One committed part: the part file and the marker that names it."""
+    from fer_batch.sink import COMMIT_SCHEMA
+
     (out / name).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[name]), out / name / "part-x.parquet")
+    (out / "_commits").mkdir(exist_ok=True)
+    pq.write_table(COMMIT_SCHEMA.empty_table(), out / "_commits" / "x.parquet")
 
 
 def _face(uri: str, media_type: str, t: float | None, emotion: str) -> dict:
@@ -50,22 +55,37 @@ def output(tmp_path):
     return out
 
 
-def test_report_writes_page_and_timelines(output, capsys):
+def _images(page: str) -> list[bytes]:
+    import base64
+    import re
+
+    return [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([^']+)", page)]
+
+
+def test_report_writes_one_self_contained_page(output, capsys):
     assert main(["report", str(output)]) == 0
     assert capsys.readouterr().out.strip() == str(output / "report" / "index.html")
-    pngs = sorted((output / "report").glob("*.png"))
-    assert len(pngs) == 3 and all(p.read_bytes().startswith(PNG) for p in pngs)  # 2 videos
+    assert [p.name for p in (output / "report").iterdir()] == ["index.html"]
     page = (output / "report" / "index.html").read_text()
-    assert "Video timelines (2 of 2)" in page
+    # The distribution, and for the video with faces its shares and its track lines; the
+    # video that failed has no faces, so no chart, and says so.
+    pngs = _images(page)
+    assert len(pngs) == 3 and all(p.startswith(PNG) for p in pngs)
+    assert "Videos (2 of 2)" in page and "No faces in this video" in page
     assert "cannot &lt;open&gt;" in page and "/v/&lt;b&gt;.mp4" in page and "<b>" not in page
     assert "<td>happy</td><td>2</td><td>0.5</td>" in page  # distribution over all faces
+    # The failed file and its message; the contact sheet says why a crop is missing (the
+    # sources of this hand-made output do not exist).
+    assert "<td>/v/&lt;b&gt;.mp4</td><td>video</td><td>error</td>" in page
+    assert page.count("class='face'") == 4 and "FileNotFoundError" in page
 
 
 def test_report_elsewhere_and_limited(output, tmp_path):
     dest = tmp_path / "elsewhere"
     assert main(["report", str(output), "--dest", str(dest), "--max-videos", "1"]) == 0
-    assert len(list(dest.glob("timeline-*.png"))) == 1
-    assert "Video timelines (1 of 2)" in (dest / "index.html").read_text()
+    page = (dest / "index.html").read_text()
+    assert "Videos (1 of 2)" in page and len(_images(page)) == 1  # /v/<b>.mp4 sorts first
+    assert "No faces in this video" in page
 
 
 def test_report_on_a_missing_output_fails_cleanly(tmp_path, capsys):
@@ -81,3 +101,54 @@ def test_timeline_shares_per_bin():
     assert list(total) == [4, 0, 0, 2, 0]
     np.testing.assert_allclose(shares[0, [3, 4]], [0.25, 0.75])
     assert shares[1].sum() == 0 and shares[3, 3] == 1.0
+
+
+CHECK = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.target.src)),
+                        true);
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const broken = images.filter(i => !i.complete || i.naturalWidth === 0).length;
+  const out = document.createElement('pre');
+  out.id = 'check';
+  out.textContent = JSON.stringify({images: images.length, broken: broken,
+                                    errors: window.__errors});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_the_report_of_a_real_run_renders_in_a_browser(ray_session, tmp_path):
+    """The demo archive (photos, a broken file, a video) annotated for real, its report
+    opened from disk in headless Chromium: every image loads, no errors, and the contact
+    sheet shows the crops cut from the sources."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+    from fer_batch.demo import build_archive
+
+    build_archive(tmp_path / "archive")
+    out = tmp_path / "out"
+    assert main(["annotate", str(tmp_path / "archive"), "--output", str(out),
+                 "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 3  # crops: photos and video frames
+    assert "astronaut_pan.avi" in page and "broken.jpg" in page
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("</body>", CHECK + "</body>"))
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r"<pre id=\"check\">(.*?)</pre>", done.stdout)
+    assert found, done.stderr[-2000:]
+    result = json.loads(found.group(1).replace("&quot;", '"'))
+    assert result["images"] == page.count("<img ") and result["images"] >= 6
+    assert result["broken"] == 0 and result["errors"] == [], result
