@@ -6,9 +6,9 @@ Everything is aggregated or sampled in DuckDB over the output's committed tables
 - a contact sheet: per emotion, the CROPS_EACH most and least confident faces and a
   random sample of CROPS_EACH, cut again from their source files, with score, file and
   frame time, so a user can judge the labels in a minute;
-- per video, the share of each emotion over time (at most ``MAX_BINS`` bins of at
-  least one second) and one line per track (a person), coloured by its emotion frame
-  by frame;
+- per video, the share of each emotion over time and one line per track (a person,
+  at most MAX_TRACKS), coloured by its most frequent emotion, both in at most
+  ``MAX_BINS`` bins of at least one second;
 - the emotion distribution, media status counts, the error summary and the files that
   failed or partly failed, with their messages.
 
@@ -66,10 +66,13 @@ _SHEET = """
     FROM ranked WHERE top <= {k} OR bottom <= {k} OR random <= {k}
     ORDER BY emotion, pick, emotion_score DESC"""
 _TRACKS = """
-    SELECT f.source_uri, f.track_id, f.timestamp_s, f.emotion
+    SELECT f.source_uri, f.track_id, min(f.timestamp_s) AS timestamp_s,
+           mode(f.emotion) AS emotion
     FROM faces f JOIN ({videos}) v USING (source_uri)
     WHERE f.media_type = 'video' AND f.track_id IS NOT NULL AND f.track_id < {tracks}
-    ORDER BY f.source_uri, f.track_id, f.timestamp_s"""
+          AND f.timestamp_s IS NOT NULL
+    GROUP BY f.source_uri, f.track_id, CAST(floor(f.timestamp_s / v.bin_s) AS BIGINT)
+    ORDER BY f.source_uri, f.track_id, timestamp_s"""
 _FAILED = """
     SELECT m.source_uri, m.media_type, m.status,
            string_agg(DISTINCT e.stage || ': ' || e.error_type || ': ' || e.message, ' | ')
