@@ -32,11 +32,9 @@ STATUS_PARTIAL = "partial"
 STATUS_ERROR = "error"
 
 # Pipeline stages, as written in errors/stage and _run.json's placement.
-STAGE_LIST = "list"
 STAGE_READ = "read"
 STAGE_DECODE = "decode"
 STAGE_DETECT = "detect"
-STAGE_CLASSIFY = "classify"
 STAGE_WORKER = "worker"
 
 _SCORES = [pa.field(name, pa.float32()) for name in EMOTIONS]
@@ -128,7 +126,3 @@ def media_type_of(path: str) -> str | None:
         return "video"
     return None
 
-
-def empty_table(name: str) -> pa.Table:
-    """An empty table with the declared schema of `name`."""
-    return SCHEMAS[name].empty_table()

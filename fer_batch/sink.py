@@ -70,10 +70,6 @@ def _nullable_int(value: int) -> int | None:
     return None if value < 0 else int(value)
 
 
-def _nullable_float(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
-
 def faces_table(batch: dict[str, np.ndarray], run_id: str, model: str) -> pa.Table:
     """One row per face, in the declared schema."""
     metas = [np.asarray(m, np.float64).reshape(-1, N_META) for m in batch["faces"]]
