@@ -62,19 +62,27 @@ def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 240,
         wait_for_ray_workers_to_exit(started)
 
 
-def wait_for_ray_workers_to_exit(since: float, timeout_s: float = 60) -> None:
-    """Ray workers live in their own sessions and exit once their raylet is gone."""
-    def alive() -> list[psutil.Process]:
+def wait_for_ray_workers_to_exit(since: float, timeout_s: float = 60) -> list[str]:
+    """Wait until the Ray processes the killed runs left (started since `since`, not this
+    test process's own) have exited; returns those still alive at the deadline.
+
+    Ray workers live in their own sessions and exit once their raylet is gone."""
+    import os
+
+    def alive() -> list[str]:
+        own = {c.pid for c in psutil.Process(os.getpid()).children(recursive=True)}
         found = []
-        for p in psutil.process_iter(["name", "cmdline", "create_time"]):
+        for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["create_time"] >= since and ("ray::" in cmd or "raylet" in cmd):
-                found.append(p)
+            if (p.info["create_time"] >= since and p.info["pid"] not in own
+                    and ("ray::" in cmd or "raylet" in cmd)):
+                found.append(f"{p.info['pid']}: {cmd[:80]}")
         return found
 
     deadline = time.time() + timeout_s
-    while alive() and time.time() < deadline:
+    while (left := alive()) and time.time() < deadline:
         time.sleep(0.5)
+    return left
 
 
 def test_sigkill_at_any_moment_then_rerun_is_exactly_once(archive, tmp_path):
@@ -99,7 +107,8 @@ def test_sigkill_at_any_moment_then_rerun_is_exactly_once(archive, tmp_path):
     assert counts["skipped_done"] > 0 and counts["processed"] > 0
     assert counts["skipped_done"] + counts["processed"] == counts["inputs"] == 60
     assert_every_part_committed(out)
-    wait_for_ray_workers_to_exit(since)
+    left = wait_for_ray_workers_to_exit(since)
+    assert not left, f"the killed runs' Ray processes outlived the check: {left}"
     assert_every_part_committed(out)  # nothing landed after the final run ended either
     check_invariant(out, expected_uris(archive))
 
