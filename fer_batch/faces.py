@@ -10,21 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from fer_batch.config import AnnotateConfig, DetectConfig
+from fer_batch.config import DetectConfig
 from fer_batch.detect import (
     Detections,
     decode_colour,
     detection_scale,
-    make_detector,
     resize_to_scale,
 )
-from fer_batch.images import MediaError, decode_image, probe_size
-from fer_batch.manifest import fill_versions
+from fer_batch.images import decode_image, probe_size
 from fer_batch.preprocess import prepare_face
-from fer_batch.records import ITEM_COLUMNS, KEYPOINTS_AT, N_META, ItemResult, results_to_batch
+from fer_batch.records import KEYPOINTS_AT, N_META
 from fer_batch.registry import ModelSpec, Scorer, join_crops
-from fer_batch.schema import STAGE_DETECT, STAGE_READ
-from fer_batch.sources import read_bytes
 
 
 def crop_faces(pixels: np.ndarray, scale: float, det: Detections, spec: Scorer) -> np.ndarray:
@@ -49,56 +45,6 @@ def _crop_member(pixels: np.ndarray, scale: float, det: Detections, spec: ModelS
             eyes = det.keypoints[i, :2] * scale - [x0, y0]  # NaN stays NaN
             out[i] = prepare_face(pixels[y0:y1, x0:x1], spec, eyes)
     return out
-
-
-class FaceStage:
-    """Ray Data actor: read, decode, detect and crop a batch of work items.
-
-    The detector loads once per actor. Whatever goes wrong with one file
-    becomes that item's error rows; the batch, and the job, go on.
-    """
-
-    def __init__(self, cfg: AnnotateConfig, spec: Scorer) -> None:
-        import ray
-
-        self.cfg = cfg
-        self.spec = spec
-        self.detector = make_detector(cfg.detect)
-        self.node_id = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = fill_versions(items, self.cfg.storage_options)
-        results = []
-        for i in range(len(items["source_uri"])):
-            item = {name: items[name][i] for name in ITEM_COLUMNS}
-            if item["media_type"] == "video":
-                from fer_batch.video import detect_segment
-
-                results.append(detect_segment(item, self.cfg, self.spec, self.detector))
-            else:
-                results.append(self.detect_image(item))
-        return results_to_batch(items, results, self.spec.crop_shape, self.node_id)
-
-    def detect_image(self, item: dict) -> ItemResult:
-        result = ItemResult()
-        uri = str(item["source_uri"])
-        try:
-            data = read_bytes(uri, self.cfg.storage_options)
-        except Exception as e:  # noqa: BLE001 - any read failure is this file's error row
-            result.add_error(STAGE_READ, type(e).__name__, f"cannot read {uri}: {e}")
-            return result
-        try:
-            result.width, result.height, det, pixels, scale = detect_pixels(
-                data, self.cfg.detect, self.spec, self.detector)
-            result.crops = crop_faces(pixels, scale, det, self.spec)
-        except MediaError as e:
-            result.add_error(e.stage, e.error_type, str(e))
-            return result
-        except Exception as e:  # noqa: BLE001 - a detector crash on odd pixels is bad data too
-            result.add_error(STAGE_DETECT, type(e).__name__, f"face detection failed: {e}")
-            return result
-        result.meta = face_meta(det, frame_index=0, timestamp_s=float("nan"))
-        return result
 
 
 def detect_pixels(data: bytes, cfg: DetectConfig, spec: Scorer,

@@ -120,26 +120,3 @@ class Classifier:
             self.calls += -(-len(faces) // faces_per_call(self.batch_size, member.tta))
             probs += classify(model, faces, member, self.batch_size)
         return probs / len(members)
-
-
-class ClassifyStage:
-    """Ray Data actor: classify every face of a batch of work items in batched calls."""
-
-    def __init__(self, spec: Scorer, batch_size: int, storage_options: dict | None = None):
-        import ray
-
-        self.classifier = Classifier(spec, batch_size, storage_options)
-        self.node_id = ray.get_runtime_context().get_node_id()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shape = self.classifier.spec.crop_shape
-        crops = [np.asarray(c, np.uint8).reshape(-1, *shape) for c in batch.pop("crops")]
-        counts = [len(c) for c in crops]
-        faces = np.concatenate(crops) if sum(counts) else np.zeros((0, *shape), np.uint8)
-        probs = self.classifier(faces)
-        scores = np.empty(len(counts), dtype=object)
-        for i, part in enumerate(np.split(probs, np.cumsum(counts)[:-1])):
-            scores[i] = part
-        batch["scores"] = scores
-        batch["classify_node"] = np.array([self.node_id] * len(counts), dtype=object)
-        return batch

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any
@@ -25,23 +24,18 @@ import pyarrow.compute as pc
 
 from fer_batch import lease
 from fer_batch.config import AnnotateConfig
+from fer_batch.datasets import build_dataset
 from fer_batch.detect import check_detector
-from fer_batch.faces import FaceStage
-from fer_batch.infer import ClassifyStage
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
-from fer_batch.placement import classifier_strategy, reserve_classifiers
+from fer_batch.placement import reserve_classifiers
 from fer_batch.plan import StatFn, WorkPlan, commit_summary, drop_commits, stat_on_workers
 from fer_batch.progress import NativeStderrTo, Progress
 from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
 from fer_batch.registry import Scorer, resolve_scorer, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
-from fer_batch.sink import (
-    CommitWriter,
-    ensure_tables,
-    join,
-    remove_orphans,
-)
+from fer_batch.sink import ensure_tables, remove_orphans
 from fer_batch.sources import ListingStats, check_inputs, filesystem, iter_media, retry_transient
+from fer_batch.store import join
 from fer_batch.tracking import finalize_videos
 from fer_batch.video import expand_videos
 
@@ -49,7 +43,6 @@ LISTING_CHUNK = 10_000
 WAVE_ITEMS = 50_000
 MAX_BLOCK_ROWS = 32
 GUIDE = 4
-TASK_RETRIES = 3
 _VERSIONED = ("fer-batch", "ray", "tensorflow", "keras", "opencv-python-headless", "numpy",
               "pyarrow", "pillow", "fsspec", "s3fs", "duckdb", "fer", "mtcnn")
 
@@ -259,64 +252,6 @@ def plan_resources(cfg: AnnotateConfig) -> dict[str, Any]:
     return {"num_gpus": num_gpus, "classify_actors": classify_actors,
             "classify_cpus": classify_cpus, "detect_actors": detect_actors,
             "cluster": {k: total[k] for k in ("CPU", "GPU") if k in total}}
-
-
-def build_dataset(cfg: AnnotateConfig, spec: Scorer, wave: list[pa.Table], run_id: str,
-                  plan: dict[str, Any], task_retries: int = TASK_RETRIES,
-                  isolate: bool = False) -> Any:
-    """Three actor pools. Restarts and retries are explicit: a lost node restarts its
-    actors elsewhere and their in-flight batches run again (commits are idempotent); a
-    batch whose retries run out is dropped and redone by fer_batch.recovery.
-
-    `isolate` keeps one task in flight per actor, so an input that kills its worker
-    takes no other task down with it (recovery's one-item reruns).
-
-    `from_blocks` puts the wave's blocks (the driver owns them, as lineage needs) and reads
-    their metadata here; `from_arrow_refs` would start a remote task per block for it,
-    and with them worker processes that cost every run about 3 s before any actor starts.
-    """
-    import ray
-    from ray.data import ActorPoolStrategy
-    from ray.util.annotations import RayDeprecationWarning
-
-    # Ray 2.60 has no named parameters yet for actor restarts/retries; the pin keeps
-    # the **ray_remote_args route valid.
-    warnings.filterwarnings("ignore", ".*ray_remote_args.*", RayDeprecationWarning)
-    in_flight = {"max_tasks_in_flight_per_actor": 1} if isolate else {}
-
-    ds = ray.data.from_blocks(wave).map_batches(
-        FaceStage,
-        fn_constructor_kwargs={"cfg": cfg, "spec": spec},
-        batch_size=None,  # one task per block: blocks are cut to size (block_sizes, blocks)
-        compute=ActorPoolStrategy(min_size=1, max_size=plan["detect_actors"],
-                                  initial_size=plan["detect_actors"],
-                                  max_tasks_in_flight_per_actor=1 if isolate else 2),
-        num_cpus=1,
-        max_restarts=-1,
-        max_task_retries=task_retries,
-    )
-    ds = ds.map_batches(
-        ClassifyStage,
-        fn_constructor_kwargs={"spec": spec, "batch_size": cfg.batch_size,
-                               "storage_options": cfg.storage_options},
-        batch_size=max(1, cfg.batch_size // 4),
-        compute=ActorPoolStrategy(size=plan["classify_actors"], **in_flight),
-        num_gpus=plan["num_gpus"],
-        num_cpus=plan["classify_cpus"],
-        scheduling_strategy=classifier_strategy(plan),
-        max_restarts=-1,
-        max_task_retries=task_retries,
-    )
-    return ds.map_batches(
-        CommitWriter,
-        fn_constructor_kwargs={"output": cfg.output, "run_id": run_id, "model": spec.name,
-                   "storage_options": cfg.storage_options},
-        batch_size=None,
-        compute=ActorPoolStrategy(size=1, **in_flight),
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=task_retries,
-    )
 
 
 def annotate(cfg: AnnotateConfig) -> dict[str, Any]:

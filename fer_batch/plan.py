@@ -22,8 +22,8 @@ import pyarrow as pa
 from fer_batch.manifest import ENTRY_SCHEMA
 from fer_batch.paths import child
 from fer_batch.schema import COMMITS_DIR, TABLES
-from fer_batch.sink import join
 from fer_batch.sources import filesystem, retry_transient
+from fer_batch.store import join
 
 # 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
 # buffers grew the driver from 185 MB (10k lines) to 248 MB (10M, +34%); with these the

@@ -11,8 +11,9 @@ import os
 from typing import Any
 
 from fer_batch.schema import SCHEMAS, TABLES
-from fer_batch.sink import committed_ids, join
+from fer_batch.sink import committed_ids
 from fer_batch.sources import filesystem, retry_transient
+from fer_batch.store import join
 
 
 def committed_files(output: str, table: str, storage_options: dict[str, Any] | None = None,

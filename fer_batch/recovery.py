@@ -27,18 +27,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_batch.config import AnnotateConfig
+from fer_batch.datasets import CLASSIFY_BATCH_DIVISOR, DETECT_TASKS_IN_FLIGHT, build_dataset
 from fer_batch.manifest import fill_versions
 from fer_batch.records import ITEM_COLUMNS, ItemResult, results_to_batch
 from fer_batch.registry import Scorer
 from fer_batch.schema import COMMITS_DIR, EMOTIONS, STAGE_WORKER
-from fer_batch.sink import COMMIT_SCHEMA, commit_id, join, remove_orphans, write_commit
+from fer_batch.sink import remove_orphans, write_commit
 from fer_batch.sources import filesystem, retry_transient
+from fer_batch.store import COMMIT_SCHEMA, commit_id, join
 
 FAILED_BLOCKS_MIN = 8
 FAILED_BLOCKS_SHARE = 0.01
-TASKS_IN_FLIGHT_PER_ACTOR = 4  # twice what Ray Data 2.60 keeps in flight per actor
+TASKS_IN_FLIGHT_PER_ACTOR = 2 * DETECT_TASKS_IN_FLIGHT  # with room for Ray's own queueing
 ALONE_RETRIES = 1
-ALONE_MODEL_BATCH = 4  # build_dataset gives the classifier batch_size // 4 items per task: one
+ALONE_MODEL_BATCH = CLASSIFY_BATCH_DIVISOR  # so the classifier's tasks hold one item each
 ERROR_TYPE = "RetriesExhausted"
 
 
@@ -135,8 +137,6 @@ def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, 
                 items: pa.Table) -> CommitLog:
     """Run `items` again, one per task in every stage and one task in flight per actor (a
     neighbour of a bad input must not die with it), with a small retry budget."""
-    from fer_batch.pipeline import build_dataset  # pipeline calls this module
-
     alone = dataclasses.replace(cfg, batch_size=ALONE_MODEL_BATCH)
     blocks = [items.slice(i, 1) for i in range(items.num_rows)]  # a block is a task
     ds = build_dataset(alone, spec, blocks, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from fer_batch.schema import EMOTIONS
-from fer_batch.sink import join
 from fer_batch.sources import filesystem
+from fer_batch.store import join
 
 MAX_BINS = 120
 DEFAULT_MAX_VIDEOS = 100

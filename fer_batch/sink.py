@@ -11,10 +11,8 @@ killed run cannot commit behind the back of the run that replaced it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import uuid
 from typing import Any
 
 import numpy as np
@@ -37,33 +35,8 @@ from fer_batch.schema import (
     SCHEMAS,
     TABLES,
 )
-from fer_batch.sources import filesystem, redact, retry_transient
-
-COMMIT_SCHEMA = pa.schema(
-    [
-        ("item_key", pa.string()),
-        ("source_uri", pa.string()),
-        ("media_type", pa.string()),
-        ("segment", pa.int64()),
-        ("status", pa.string()),
-        ("n_faces", pa.int64()),
-        ("n_errors", pa.int64()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("size_bytes", pa.int64()),
-        ("fps", pa.float64()),
-        ("frame_count", pa.int64()),
-        ("duration_s", pa.float64()),
-        ("n_frames_sampled", pa.int64()),
-        ("detect_node", pa.string()),
-        ("classify_node", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
-
-
-def join(output: str, *parts: str) -> str:
-    return "/".join([output.rstrip("/"), *parts])
+from fer_batch.sources import filesystem, retry_transient
+from fer_batch.store import COMMIT_SCHEMA, commit_id, join, write_table
 
 
 def _nullable_int(value: int) -> int | None:
@@ -153,28 +126,6 @@ def commit_table(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
     }, schema=COMMIT_SCHEMA)
 
 
-def commit_id(item_keys: Any) -> str:
-    digest = hashlib.sha1("\n".join(sorted(str(k) for k in item_keys)).encode())
-    return digest.hexdigest()[:24]
-
-
-def write_table(fs: Any, path: str, table: pa.Table) -> None:
-    """Write one Parquet file; locally through a temp name so no reader sees half a file."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        return
-
-    def put() -> None:  # one PUT: a retry after a transient error rewrites it whole
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f)
-
-    retry_transient(put)
-
-
 def write_commit(
     batch: dict[str, np.ndarray], output: str, run_id: str, model: str,
     storage_options: dict[str, Any], extra_tables: dict[str, pa.Table] | None = None,
@@ -262,17 +213,3 @@ def ensure_tables(output: str, storage_options: dict[str, Any]) -> None:
         path = join(root, name)
         if not fs.exists(path) or not fs.ls(path, detail=False):
             write_table(fs, join(path, "part-empty.parquet"), schema.empty_table())
-
-
-class CommitWriter:
-    """Ray Data actor (no CPU slot) that commits each classified block."""
-
-    def __init__(self, output: str, run_id: str, model: str, storage_options: dict[str, Any]):
-        self.kwargs = {"output": output, "run_id": run_id, "model": model,
-                       "storage_options": storage_options}
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        secrets = self.kwargs["storage_options"]  # error text from a store must not leak keys
-        batch = {**batch, "errors_json": np.array([redact(str(t), secrets)
-                                                   for t in batch["errors_json"]], dtype=object)}
-        return write_commit(batch, **self.kwargs)

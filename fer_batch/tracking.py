@@ -57,6 +57,7 @@ from fer_batch.schema import (
     TRACKS_SCHEMA,
 )
 from fer_batch.sources import filesystem, retry_transient
+from fer_batch.store import COMMIT_SCHEMA, commit_id, write_table
 
 IOU_THRESHOLD = 0.3
 FINAL_SEGMENT = -1
@@ -218,7 +219,6 @@ def stage_segments(fs: Any, root: str, batch: dict[str, np.ndarray], faces: pa.T
                    run_id: str) -> None:
     """Write each video segment of a classified batch as one staged file: its faces (rows of
     `faces`, in batch order) with everything else about it in the file's metadata."""
-    from fer_batch.sink import write_table
 
     counts = [len(np.asarray(m).reshape(-1, N_META)) for m in batch["faces"]]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
@@ -304,7 +304,6 @@ def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
     the lease before its parts and again before its marker (fer_batch/lease.py): a run
     that lost the output writes no marker, and its parts are orphans the next run removes."""
     from fer_batch import lease
-    from fer_batch.sink import COMMIT_SCHEMA, commit_id, write_table
 
     lease.check_at(fs, root, run_id)
     stitcher, headers = Stitcher(), []
@@ -356,7 +355,7 @@ def video_media_row(headers: list[dict], run_id: str) -> dict[str, Any]:
 @contextmanager
 def _parquet_stream(fs: Any, path: str, schema: pa.Schema) -> Iterator[Any]:
     """A Parquet file written a table at a time; locally through a temp name, like
-    sink.write_table, so no reader sees half a file."""
+    store.write_table, so no reader sees half a file."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     local = protocol in ("file", "local")
     if local:

@@ -25,8 +25,9 @@ from fer_batch.manifest import (
 from fer_batch.pipeline import MAX_BLOCK_ROWS, block_sizes, blocks, waves
 from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_table
 from fer_batch.records import ItemResult, item_key, results_to_batch
-from fer_batch.sink import COMMIT_SCHEMA, write_commit
+from fer_batch.sink import write_commit
 from fer_batch.sources import ListingStats
+from fer_batch.store import COMMIT_SCHEMA
 
 
 def entries(path, **kwargs) -> list[dict]:

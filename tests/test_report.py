@@ -16,7 +16,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _write(out, name: str, rows: list[dict]) -> None:
     """One committed part: the part file and the marker that names it."""
-    from fer_batch.sink import COMMIT_SCHEMA
+    from fer_batch.store import COMMIT_SCHEMA
 
     (out / name).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[name]), out / name / "part-x.parquet")

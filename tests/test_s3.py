@@ -19,8 +19,8 @@ from fer_batch import sources
 from fer_batch.bench.s3server import BUCKET, all_keys, download, moto_server, seed
 from fer_batch.cli import main
 from fer_batch.paths import child
-from fer_batch.sink import write_table
 from fer_batch.sources import ListingStats, iter_media, redact, retry_transient
+from fer_batch.store import write_table
 from tests.conftest import SHARED_DATA
 from tests.invariants import check_invariant
 from tests.media import write_valid_images

@@ -1,0 +1,74 @@
+"""The output's storage primitives, shared by every writer and reader of it: the
+completion-marker schema, commit ids, path joining, the local/remote distinction and
+atomic part writes.
+
+A commit writes its part files (``faces/``, ``media/``, ``errors/``, ``tracks/``, named
+``part-<commit id>.parquet``) and then its marker, ``_commits/<commit id>.parquet``; only
+a part that a marker names is committed (fer_batch/sink.py writes image commits,
+fer_batch/tracking.py video commits, fer_batch/query.py reads only committed parts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fer_batch.sources import retry_transient
+
+COMMIT_SCHEMA = pa.schema(
+    [
+        ("item_key", pa.string()),
+        ("source_uri", pa.string()),
+        ("media_type", pa.string()),
+        ("segment", pa.int64()),
+        ("status", pa.string()),
+        ("n_faces", pa.int64()),
+        ("n_errors", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("size_bytes", pa.int64()),
+        ("fps", pa.float64()),
+        ("frame_count", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("n_frames_sampled", pa.int64()),
+        ("detect_node", pa.string()),
+        ("classify_node", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local disk."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def join(output: str, *parts: str) -> str:
+    return "/".join([output.rstrip("/"), *parts])
+
+
+def commit_id(item_keys: Any) -> str:
+    digest = hashlib.sha1("\n".join(sorted(str(k) for k in item_keys)).encode())
+    return digest.hexdigest()[:24]
+
+
+def write_table(fs: Any, path: str, table: pa.Table) -> None:
+    """Write one Parquet file; locally through a temp name so no reader sees half a file."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return
+
+    def put() -> None:  # one PUT: a retry after a transient error rewrites it whole
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+
+    retry_transient(put)
