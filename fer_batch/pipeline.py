@@ -34,7 +34,14 @@ from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerat
 from fer_batch.registry import Scorer, resolve_scorer, weights_path
 from fer_batch.schema import COMMITS_DIR, RUN_RECORD, TABLES
 from fer_batch.sink import ensure_tables, remove_orphans
-from fer_batch.sources import ListingStats, check_inputs, filesystem, iter_media, retry_transient
+from fer_batch.sources import (
+    ListingStats,
+    check_inputs,
+    filesystem,
+    is_local,
+    iter_media,
+    retry_transient,
+)
 from fer_batch.store import join
 from fer_batch.tracking import finalize_videos
 from fer_batch.video import expand_videos
@@ -54,8 +61,7 @@ def new_run_id() -> str:
 def check_output(output: str, storage_options: dict[str, Any]) -> None:
     """Fail before anything starts if the output cannot be written; writes nothing locally."""
     fs, path = filesystem(output, storage_options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol not in ("file", "local"):
+    if not is_local(fs):
         return  # object stores: permission errors surface on the first commit, as error rows
     probe = os.path.abspath(path)
     if os.path.exists(probe) and not os.path.isdir(probe):

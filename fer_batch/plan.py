@@ -22,7 +22,7 @@ import pyarrow as pa
 from fer_batch.manifest import ENTRY_SCHEMA
 from fer_batch.paths import child
 from fer_batch.schema import COMMITS_DIR, TABLES
-from fer_batch.sources import filesystem, retry_transient
+from fer_batch.sources import filesystem, is_local, protocol_of, retry_transient
 from fer_batch.store import join
 
 # 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
@@ -70,10 +70,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _protocol(fs: Any) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 class WorkPlan:
@@ -265,9 +261,9 @@ def markers_relation(con: Any, output: str, storage_options: dict[str, Any]) -> 
     if not any(p.endswith(".parquet") for p in retry_transient(fs.ls, path, detail=False)):
         return None
     pattern = join(path, "*.parquet")
-    if _protocol(fs) not in ("file", "local"):
+    if not is_local(fs):
         con.register_filesystem(fs)  # through fsspec: no DuckDB extension download
-        pattern = f"{_protocol(fs)}://{pattern}"
+        pattern = f"{protocol_of(fs)}://{pattern}"
     return f"read_parquet('{_sql_str(pattern)}', filename = true, union_by_name = true)"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fer_batch.schema import SCHEMAS, TABLES
 from fer_batch.sink import committed_ids
-from fer_batch.sources import filesystem, retry_transient
+from fer_batch.sources import filesystem, is_local, protocol_of, retry_transient
 from fer_batch.store import join
 
 
@@ -28,14 +28,13 @@ def committed_files(output: str, table: str, storage_options: dict[str, Any] | N
     if not retry_transient(fs.exists, folder):
         return []
     done = committed_ids(output, storage_options) if ids is None else ids
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = []
     for path in sorted(retry_transient(fs.ls, folder, detail=False)):
         base = os.path.basename(path)
         cid = base.removeprefix("part-").removesuffix(".parquet")
         if base.startswith("part-") and base.endswith(".parquet") and (
                 cid in done or cid == "empty"):
-            files.append(path if protocol in ("file", "local") else f"{protocol}://{path}")
+            files.append(path if is_local(fs) else f"{protocol_of(fs)}://{path}")
     return files
 
 
@@ -47,8 +46,7 @@ def connect(output: str, storage_options: dict[str, Any] | None = None) -> Any:
     if not fs.exists(join(root, "media")):
         raise ValueError(f"OUT has no fer-batch tables (no media/ under it): {output!r}")
     con = duckdb.connect()
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol not in ("file", "local"):
+    if not is_local(fs):
         con.register_filesystem(fs)  # s3fs & co. through fsspec: no DuckDB extension download
     ids = committed_ids(output, storage_options or {})
     for name in TABLES:

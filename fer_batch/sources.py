@@ -36,12 +36,19 @@ def filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
     return url_to_fs(uri, **storage_options)
 
 
+def protocol_of(fs: Any) -> str:
+    """An fsspec filesystem's protocol name ("file", "s3", ...)."""
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def is_local(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local disk (the one answer to that question)."""
+    return protocol_of(fs) in ("file", "local")
+
+
 def to_uri(fs: Any, path: str) -> str:
     """The canonical URI the tables use: an absolute local path, or protocol://path."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return os.path.abspath(path)
-    return f"{protocol}://{path}"
+    return os.path.abspath(path) if is_local(fs) else f"{protocol_of(fs)}://{path}"
 
 
 def _has_glob(uri: str) -> bool:

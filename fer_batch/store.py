@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fer_batch.sources import retry_transient
+from fer_batch.sources import is_local, retry_transient
 
 COMMIT_SCHEMA = pa.schema(
     [
@@ -41,12 +41,6 @@ COMMIT_SCHEMA = pa.schema(
         ("run_id", pa.string()),
     ]
 )
-
-
-def is_local(fs: Any) -> bool:
-    """Whether an fsspec filesystem is the local disk."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
 
 
 def join(output: str, *parts: str) -> str:

@@ -56,7 +56,7 @@ from fer_batch.schema import (
     TRACKS,
     TRACKS_SCHEMA,
 )
-from fer_batch.sources import filesystem, retry_transient
+from fer_batch.sources import filesystem, is_local, retry_transient
 from fer_batch.store import COMMIT_SCHEMA, commit_id, write_table
 
 IOU_THRESHOLD = 0.3
@@ -356,8 +356,7 @@ def video_media_row(headers: list[dict], run_id: str) -> dict[str, Any]:
 def _parquet_stream(fs: Any, path: str, schema: pa.Schema) -> Iterator[Any]:
     """A Parquet file written a table at a time; locally through a temp name, like
     store.write_table, so no reader sees half a file."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
+    local = is_local(fs)
     if local:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle, target = None, f"{path}.{uuid.uuid4().hex}.tmp"

@@ -43,7 +43,7 @@ from fer_batch.preprocess import to_grey
 from fer_batch.records import N_META, ItemResult, item_key
 from fer_batch.registry import Scorer
 from fer_batch.schema import STAGE_DECODE, STAGE_DETECT, STAGE_READ
-from fer_batch.sources import filesystem, retry_transient, stat_object
+from fer_batch.sources import filesystem, is_local, retry_transient, stat_object
 from fer_batch.tracking import IouTracker, staged_segments, video_key
 
 _SLOT_EPS = 1e-9  # a frame stamped 0.999999999 s belongs to the 1 s slot
@@ -151,8 +151,7 @@ class LocalCopy:
 
     def get(self, uri: str, version: str, storage_options: dict[str, Any]) -> str:
         fs, path = filesystem(uri, storage_options)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        if protocol in ("file", "local"):
+        if is_local(fs):
             return path
         key = f"{uri}|{version}"
         if key == self.key and self.path is not None:
