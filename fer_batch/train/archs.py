@@ -123,12 +123,14 @@ def _mini_xception(arch: Arch, weights: str | None) -> Any:
 def _vgg(arch: Arch, weights: str | None) -> Any:
     """A VGG for 48x48 grey faces after Khaireddin & Chen 2021 ("Facial Emotion Recognition:
     State of the Art Performance on FER2013", 0.73 with ten-crop TTA): four stages of two
-    3x3 conv + batch norm + ReLU, each halving the size, dropout between stages.
+    3x3 conv + batch norm + ReLU, each halving the size.
 
     Changed from the paper, to keep the file under 10 MB and an epoch on a 2-core CPU in
     minutes: half the widths (32-256, not 64-512) and global average pooling into a
     256-unit layer instead of two 4096-unit layers (which alone hold 35M of its 40M weights).
-    About 1.3M parameters, 5 MB.
+    About 1.2M parameters, 5 MB. Dropout only before the classifier: with dropout after
+    every stage as well (0.1-0.4), 2,800 FER-2013 faces trained for 4 epochs with Adam stayed
+    at 0.18 training accuracy, against 0.27 without it.
     """
     import keras
     from keras import layers
@@ -142,7 +144,6 @@ def _vgg(arch: Arch, weights: str | None) -> Any:
             x = layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
             x = layers.ReLU(name=f"block{i}_relu{j}")(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-        x = layers.Dropout(0.1 * i, name=f"block{i}_dropout")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dense(256, use_bias=False, name="fc1")(x)
     x = layers.BatchNormalization(name="fc1_bn")(x)
