@@ -173,10 +173,10 @@ def _summary(cid: str, n_items: int, n_faces: int, n_errors: int) -> dict[str, n
 def committed_ids(output: str, storage_options: dict[str, Any]) -> set[str]:
     fs, root = filesystem(output, storage_options)
     path = join(root, COMMITS_DIR)
-    if not fs.exists(path):
+    if not retry_transient(fs.exists, path):
         return set()
-    return {os.path.basename(p)[: -len(".parquet")] for p in fs.ls(path, detail=False)
-            if p.endswith(".parquet")}
+    listed = retry_transient(fs.ls, path, detail=False)
+    return {os.path.basename(p)[: -len(".parquet")] for p in listed if p.endswith(".parquet")}
 
 
 def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
@@ -186,9 +186,9 @@ def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
     removed = 0
     for name in TABLES:
         path = join(root, name)
-        if not fs.exists(path):
+        if not retry_transient(fs.exists, path):
             continue
-        for part in fs.ls(path, detail=False):
+        for part in retry_transient(fs.ls, path, detail=False):
             base = os.path.basename(part)
             cid = base.removeprefix("part-").split(".")[0]
             if base.endswith(".tmp") or (cid not in done and cid != "empty"):
@@ -201,7 +201,7 @@ def read_commits(output: str, storage_options: dict[str, Any]) -> pa.Table:
     """All completion markers of the output (empty table when there are none)."""
     fs, root = filesystem(output, storage_options)
     path = join(root, COMMITS_DIR)
-    if not fs.exists(path) or not fs.ls(path, detail=False):
+    if not retry_transient(fs.exists, path) or not retry_transient(fs.ls, path, detail=False):
         return COMMIT_SCHEMA.empty_table()
     return pq.read_table(path, filesystem=fs, schema=COMMIT_SCHEMA)
 
@@ -211,5 +211,5 @@ def ensure_tables(output: str, storage_options: dict[str, Any]) -> None:
     fs, root = filesystem(output, storage_options)
     for name, schema in SCHEMAS.items():
         path = join(root, name)
-        if not fs.exists(path) or not fs.ls(path, detail=False):
+        if not retry_transient(fs.exists, path) or not retry_transient(fs.ls, path, detail=False):
             write_table(fs, join(path, "part-empty.parquet"), schema.empty_table())
