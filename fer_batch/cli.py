@@ -211,6 +211,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=None, help="fsspec options as JSON")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-progress", action="store_true", help="no epoch/step progress")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and TensorFlow's own log lines too")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -227,6 +230,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         max_failures=args.max_failures, seed=args.seed,
         storage_options=parse_storage_options(args.storage_options),
         address=args.address or os.environ.get("RAY_ADDRESS") or None,
+        progress=not args.no_progress, verbose=args.verbose,
     )
 
 

@@ -194,6 +194,8 @@ class TrainConfig:
     seed: int = 0
     storage_options: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
+    progress: bool = True
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         from fer_batch.train.archs import ARCHS

@@ -135,3 +135,52 @@ class NativeStderrTo:
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._saved = None
+
+
+class TrainProgress:
+    """Epochs and steps of a `fer-batch train` run, with the running loss and accuracy: a
+    live bar on a terminal, one plain line about every `interval` seconds elsewhere. Fed
+    with what the first worker last wrote (fer_batch/train/loop.py, `ProgressFile`)."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True,
+                 stream: IO[str] | None = None, interval: float = PLAIN_EVERY_S,
+                 clock: Any = time.monotonic) -> None:
+        self.epochs, self.steps = epochs, max(1, steps_per_epoch)
+        self._stream = stream or sys.stderr
+        self._clock, self._interval = clock, interval
+        self._last = clock() - interval
+        self._enabled, self._bar, self._seen = enabled, None, None
+        if enabled and getattr(self._stream, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn("fer-batch train"), BarColumn(),
+                            TextColumn("{task.fields[where]}, ETA"), TimeRemainingColumn(),
+                            console=Console(file=self._stream),
+                            refresh_per_second=REFRESH_PER_S)
+            self._task = self._bar.add_task("train", total=epochs * self.steps, where="")
+            self._bar.start()
+
+    def line(self, state: dict[str, Any]) -> str:
+        """`epoch 3/10, step 120/448, loss 1.4210, accuracy 0.4512`."""
+        return (f"epoch {state['epoch'] + 1}/{self.epochs}, step {state['step']}/{self.steps}, "
+                f"loss {state['loss']:.4f}, accuracy {state['accuracy']:.4f}")
+
+    def show(self, state: dict[str, Any] | None) -> None:
+        if not self._enabled or not state or state == self._seen:
+            return
+        self._seen = state
+        if self._bar is not None:
+            done = state["epoch"] * self.steps + min(state["step"], self.steps)
+            self._bar.update(self._task, completed=done, where=self.line(state))
+            return
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            print(f"[fer-batch] {self.line(state)}", file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -82,3 +82,39 @@ def test_in_a_real_process_python_stderr_stays_on_the_terminal(tmp_path):
                           check=True)
     assert done.stderr.splitlines() == ["fer-batch line", "after"]
     assert log.read_text() == "native line\n"
+
+
+def test_training_progress_shows_epoch_step_loss_and_accuracy():
+    from fer_batch.progress import TrainProgress
+
+    stream, clock = io.StringIO(), Clock()
+    shown = TrainProgress(10, 448, stream=stream, interval=30.0, clock=clock)
+    state = {"epoch": 2, "step": 120, "loss": 1.421, "accuracy": 0.4512}
+    shown.show(state)
+    shown.show(dict(state))  # the same state again: nothing new
+    clock.now += 5
+    shown.show({**state, "step": 130})  # within the interval
+    assert stream.getvalue().splitlines() == [
+        "[fer-batch] epoch 3/10, step 120/448, loss 1.4210, accuracy 0.4512"]
+    terminal = Terminal()
+    bar = TrainProgress(2, 10, stream=terminal)
+    bar.show({"epoch": 1, "step": 5, "loss": 0.5, "accuracy": 0.75})
+    bar.close()
+    assert "epoch 2/2, step 5/10" in terminal.getvalue()
+
+
+def test_the_first_worker_leaves_its_progress_in_a_file(tmp_path, monkeypatch):
+    import json
+
+    from fer_batch.train import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
+    path = tmp_path / "train-progress.json"
+    write = loop.ProgressFile(str(path), epoch=3)
+    write(7, 1.25, 0.5)
+    assert json.loads(path.read_text()) == {"epoch": 3, "step": 7, "loss": 1.25,
+                                            "accuracy": 0.5}
+    (tmp_path / "a-file").write_text("")
+    broken = loop.ProgressFile(str(tmp_path / "a-file" / "x.json"), epoch=0)
+    broken(1, 1.0, 0.0)  # cannot be written: training goes on, progress stops
+    assert broken.path is None

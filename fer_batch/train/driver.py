@@ -8,8 +8,11 @@ latest one, and ``--max-failures`` lets Ray Train restart a run whose worker die
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fer_batch.config import TrainConfig
+from fer_batch.progress import TrainProgress
 from fer_batch.registry import ModelSpec, resolve_model
 from fer_batch.schema import EMOTIONS
 from fer_batch.train.archs import Arch, get_arch
@@ -149,10 +153,13 @@ def fit(cfg: TrainConfig, plan: TrainPlan, datasets: dict[str, Any], name: str,
 
     from fer_batch.train.backend import TfConfig
 
+    progress_path = f"{storage_path(cfg).rstrip('/')}/{name}-progress.json"
+    steps = datasets["train"].count() // cfg.num_workers // plan.batch_size
+    plan = replace(plan, has_val="val" in datasets, progress_path=progress_path)
     trainer = DataParallelTrainer(  # TensorflowTrainer's, without importing TensorFlow
         loop,
         backend_config=TfConfig(),
-        train_loop_config={"plan": replace(plan, has_val="val" in datasets)},
+        train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=name,
@@ -162,7 +169,35 @@ def fit(cfg: TrainConfig, plan: TrainPlan, datasets: dict[str, Any], name: str,
         ),
         datasets=datasets,
     )
-    return trainer.fit()
+    with watch_progress(progress_path, TrainProgress(plan.epochs, steps, cfg.progress),
+                        cfg.storage_options):
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def watch_progress(path: str, shown: TrainProgress, storage_options: dict[str, Any]
+                   ) -> Iterator[None]:
+    """Show what the first worker writes to `path` while the block runs (a thread)."""
+    import fsspec
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            try:
+                with fsspec.open(path, "r", **storage_options) as f:
+                    shown.show(json.load(f))
+            except Exception:  # noqa: BLE001 - not written yet, or mid-write: next time
+                continue
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        shown.close()
 
 
 def _fold(batch: dict[str, np.ndarray], folds: int, fold: int, held_out: bool
@@ -189,13 +224,22 @@ def cross_validate(cfg: TrainConfig, plan: TrainPlan, dataset: Any) -> dict[str,
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (optionally cross-validate first) and export the model directory."""
-    from fer_batch.pipeline import init_ray
-    from fer_batch.train.export import export_model
+    from fer_batch.pipeline import init_ray, quiet_terminal
 
+    if not cfg.verbose:  # TensorFlow's C++ lines (the driver loads the model to export it)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     arch, init = resolve_arch(cfg)
     spec = target_spec(cfg, arch, init)
     weights = backbone_weights(cfg, arch) if init is None else None
-    init_ray(cfg.address)
+    init_ray(cfg.address, cfg.verbose)
+    with quiet_terminal(cfg.verbose):
+        return _train(cfg, arch, init, spec, weights)
+
+
+def _train(cfg: TrainConfig, arch: Arch, init: ModelSpec | None, spec: ModelSpec,
+           weights: str | None) -> dict[str, Any]:
+    from fer_batch.train.export import export_model
+
     datasets = load_datasets(cfg, spec)
     counts = class_counts(datasets["train"])
     check_batch(cfg, sum(counts))

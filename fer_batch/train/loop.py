@@ -31,6 +31,7 @@ from fer_batch.train.augment import Augmentation, augment_batch
 from fer_batch.train.cpu import cap_onednn_isa
 
 MODEL_FILE = "model.keras"
+PROGRESS_EVERY_S = 1.0
 PLATEAU_PATIENCE = 3
 PLATEAU_FACTOR = 0.5
 STATE_FILE = "state.json"
@@ -53,6 +54,7 @@ class TrainPlan:
     label_smoothing: float = 0.0
     augmentation: Augmentation = field(default_factory=Augmentation)
     frozen_epochs: int = 0
+    progress_path: str | None = None  # where the first worker leaves its progress
     weights: str | None = None
     init_from: ModelSpec | None = None
     class_weights: tuple[float, ...] | None = None
@@ -191,11 +193,14 @@ class Steps:
         self.predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self.all_reduce = tf.function(all_reduce)
 
-    def train_epoch(self, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    def train_epoch(self, batches: Iterator[tuple[np.ndarray, np.ndarray]],
+                    on_step: Any = None) -> dict[str, float]:
         totals, steps = np.zeros(3), 0
         for x, y in batches:
             totals += self.train_step(x, y).numpy()
             steps += 1
+            if on_step is not None:
+                on_step(steps, totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1))
         loss_sum, hits, n = totals
         return {"loss": float(loss_sum / max(n, 1)), "accuracy": float(hits / max(n, 1)),
                 "steps": steps}
@@ -229,6 +234,28 @@ def batches(shard: Any, plan: TrainPlan, rng: np.random.Generator, train: bool
         if train and plan.augment:
             faces = augment_batch(faces, rng, plan.augmentation)
         yield scale_batch(faces, plan.preprocessing), batch["label"].astype(np.int32)
+
+
+class ProgressFile:
+    """The first worker's progress (epoch, step, running loss and accuracy) as a small JSON
+    file beside the checkpoints, rewritten at most every PROGRESS_EVERY_S; the driver shows
+    it (fer_batch/progress.py, TrainProgress). Failing to write it never fails training."""
+
+    def __init__(self, path: str | None, epoch: int) -> None:
+        self.path, self.epoch, self._last = path, epoch, 0.0
+
+    def __call__(self, step: int, loss: float, accuracy: float) -> None:
+        if self.path is None or time.monotonic() - self._last < PROGRESS_EVERY_S:
+            return
+        self._last = time.monotonic()
+        try:
+            import fsspec
+
+            with fsspec.open(self.path, "w") as f:
+                json.dump({"epoch": self.epoch, "step": step, "loss": float(loss),
+                           "accuracy": float(accuracy)}, f)
+        except Exception:  # noqa: BLE001 - progress is a courtesy
+            self.path = None
 
 
 def report(model: Any, state: TrainState, metrics: dict[str, Any], rank: int) -> None:
@@ -265,7 +292,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = plan.lr_for(phase, epoch, state.history)
         model.optimizer.learning_rate = lr
         started = time.perf_counter()
-        metrics: dict[str, Any] = steps.train_epoch(batches(train_shard, plan, rng, train=True))
+        progress = ProgressFile(plan.progress_path if context.get_world_rank() == 0 else None,
+                                epoch)
+        metrics: dict[str, Any] = steps.train_epoch(batches(train_shard, plan, rng, train=True),
+                                                    progress)
         if val_shard is not None:
             metrics.update(steps.evaluate(batches(val_shard, plan, rng, train=False)))
         metrics.update(epoch=epoch, phase=phase, lr=lr, workers=context.get_world_size(),
