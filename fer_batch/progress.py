@@ -180,6 +180,11 @@ class TrainProgress:
             self._last = now
             print(f"[fer-batch] {self.line(state)}", file=self._stream, flush=True)
 
+    def finished(self) -> None:
+        """The run ended well: the bar shows every step done."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.epochs * self.steps)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()

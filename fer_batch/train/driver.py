@@ -194,6 +194,9 @@ def watch_progress(path: str, shown: TrainProgress, storage_options: dict[str, A
     thread.start()
     try:
         yield
+        stop.set()
+        thread.join(timeout=5)
+        shown.finished()
     finally:
         stop.set()
         thread.join(timeout=5)
