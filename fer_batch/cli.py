@@ -40,17 +40,22 @@ def command(name: str, help_text: str):
     return wrap
 
 
-@command("annotate", "find faces in images/videos and write emotion tables")
-def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="files, directories (walked recursively), globs or URLs")
-    p.add_argument("--output", "-o", required=True, help="output directory or URL")
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model and --tta, as annotate and evaluate take them."""
     p.add_argument("--model", default="fer-mini-xception",
                    help="registry name, trained model directory or .keras file; A+B "
                         "averages the probabilities of several (an ensemble)")
     p.add_argument("--tta", default=None, choices=TTAS,
                    help="test-time augmentation for every model (default: each registry "
                         "entry's own)")
+
+
+@command("annotate", "find faces in images/videos and write emotion tables")
+def add_annotate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files, directories (walked recursively), globs or URLs")
+    p.add_argument("--output", "-o", required=True, help="output directory or URL")
+    add_model_arguments(p)
     add_detect_arguments(p)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="faces per model call")
@@ -251,12 +256,7 @@ def run_train(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA",
                    help="FER-2013 CSV (DATA#PublicTest for one Usage) or <class>/* folder")
-    p.add_argument("--model", default="fer-mini-xception",
-                   help="registry name, trained model directory or .keras file; A+B "
-                        "averages the probabilities of several (an ensemble)")
-    p.add_argument("--tta", default=None, choices=TTAS,
-                   help="test-time augmentation for every model (default: each registry "
-                        "entry's own)")
+    add_model_arguments(p)
     p.add_argument("--output", "-o", default="report.json",
                    help="JSON report; the confusion matrix PNG is written beside it")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
