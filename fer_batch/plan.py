@@ -23,7 +23,7 @@ from fer_batch.manifest import ENTRY_SCHEMA
 from fer_batch.paths import child
 from fer_batch.schema import COMMITS_DIR, TABLES
 from fer_batch.sources import filesystem, is_local, protocol_of, retry_transient
-from fer_batch.store import join
+from fer_batch.store import join, part_name
 
 # 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
 # buffers grew the driver from 185 MB (10k lines) to 248 MB (10M, +34%); with these the
@@ -247,7 +247,7 @@ def drop_commits(output: str, storage_options: dict[str, Any], commit_ids: list[
     for cid in commit_ids:
         for name in (COMMITS_DIR, *TABLES):
             path = child(root, name, f"{cid}.parquet" if name == COMMITS_DIR
-                         else f"part-{cid}.parquet")
+                         else part_name(cid))
             if retry_transient(fs.exists, path):
                 retry_transient(fs.rm, path)
 

@@ -13,7 +13,7 @@ from typing import Any
 from fer_batch.schema import SCHEMAS, TABLES
 from fer_batch.sink import committed_ids
 from fer_batch.sources import filesystem, is_local, protocol_of, retry_transient
-from fer_batch.store import join
+from fer_batch.store import EMPTY_PART, commit_of_part, join
 
 
 def committed_files(output: str, table: str, storage_options: dict[str, Any] | None = None,
@@ -30,10 +30,7 @@ def committed_files(output: str, table: str, storage_options: dict[str, Any] | N
     done = committed_ids(output, storage_options) if ids is None else ids
     files = []
     for path in sorted(retry_transient(fs.ls, folder, detail=False)):
-        base = os.path.basename(path)
-        cid = base.removeprefix("part-").removesuffix(".parquet")
-        if base.startswith("part-") and base.endswith(".parquet") and (
-                cid in done or cid == "empty"):
+        if commit_of_part(os.path.basename(path)) in done | {EMPTY_PART}:
             files.append(path if is_local(fs) else f"{protocol_of(fs)}://{path}")
     return files
 

@@ -36,7 +36,15 @@ from fer_batch.schema import (
     TABLES,
 )
 from fer_batch.sources import filesystem, retry_transient
-from fer_batch.store import COMMIT_SCHEMA, commit_id, join, write_table
+from fer_batch.store import (
+    COMMIT_SCHEMA,
+    EMPTY_PART,
+    commit_id,
+    commit_of_part,
+    join,
+    part_name,
+    write_table,
+)
 
 
 def _nullable_int(value: int) -> int | None:
@@ -156,7 +164,7 @@ def write_commit(
         **(extra_tables or {}),
     }
     for name, table in tables.items():
-        write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
+        write_table(fs, child(root, name, part_name(cid)), table)
     marker = commit_table(batch, run_id)
     lease.check(output, storage_options, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
@@ -190,8 +198,7 @@ def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
             continue
         for part in retry_transient(fs.ls, path, detail=False):
             base = os.path.basename(part)
-            cid = base.removeprefix("part-").split(".")[0]
-            if base.endswith(".tmp") or (cid not in done and cid != "empty"):
+            if base.endswith(".tmp") or commit_of_part(base) not in done | {EMPTY_PART}:
                 retry_transient(fs.rm, part)
                 removed += 1
     return removed
@@ -212,4 +219,4 @@ def ensure_tables(output: str, storage_options: dict[str, Any]) -> None:
     for name, schema in SCHEMAS.items():
         path = join(root, name)
         if not retry_transient(fs.exists, path) or not retry_transient(fs.ls, path, detail=False):
-            write_table(fs, join(path, "part-empty.parquet"), schema.empty_table())
+            write_table(fs, join(path, part_name(EMPTY_PART)), schema.empty_table())

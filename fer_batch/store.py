@@ -47,6 +47,21 @@ def join(output: str, *parts: str) -> str:
     return "/".join([output.rstrip("/"), *parts])
 
 
+EMPTY_PART = "empty"  # part-empty.parquet: a table's schema where nothing was committed
+
+
+def part_name(cid: str) -> str:
+    """The file name of commit `cid`'s part in each table."""
+    return f"part-{cid}.parquet"
+
+
+def commit_of_part(name: str) -> str | None:
+    """The commit id a part file's name holds, or None for a name that is not a part."""
+    if name.startswith("part-") and name.endswith(".parquet"):
+        return name[len("part-"):-len(".parquet")]
+    return None
+
+
 def commit_id(item_keys: Any) -> str:
     digest = hashlib.sha1("\n".join(sorted(str(k) for k in item_keys)).encode())
     return digest.hexdigest()[:24]

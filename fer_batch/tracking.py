@@ -57,7 +57,7 @@ from fer_batch.schema import (
     TRACKS_SCHEMA,
 )
 from fer_batch.sources import filesystem, is_local, retry_transient
-from fer_batch.store import COMMIT_SCHEMA, commit_id, write_table
+from fer_batch.store import COMMIT_SCHEMA, commit_id, part_name, write_table
 
 IOU_THRESHOLD = 0.3
 FINAL_SEGMENT = -1
@@ -310,7 +310,7 @@ def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
     first = _read_header(fs, paths[0])
     final_key = f"{video_key(first['item_key'])}|{FINAL_SEGMENT}"
     cid = commit_id([final_key])
-    with _parquet_stream(fs, child(root, FACES, f"part-{cid}.parquet"), FACES_SCHEMA) as write:
+    with _parquet_stream(fs, child(root, FACES, part_name(cid)), FACES_SCHEMA) as write:
         for path in paths:
             faces, header = _read_staged(fs, path)
             headers.append(header)
@@ -323,7 +323,7 @@ def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
     for name, table in ((ERRORS, pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)),
                         (TRACKS, stitcher.tracks_table(uri, run_id)),
                         (MEDIA, pa.Table.from_pylist([media], schema=MEDIA_SCHEMA))):
-        write_table(fs, child(root, name, f"part-{cid}.parquet"), table)
+        write_table(fs, child(root, name, part_name(cid)), table)
     lease.check_at(fs, root, run_id)
     write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"),
                 pa.Table.from_pylist([marker], schema=COMMIT_SCHEMA))
