@@ -53,15 +53,13 @@ class CommitLog:
     def add(self, summary: dict[str, np.ndarray]) -> tuple[int, int, int]:
         """Record one CommitWriter summary; returns the items, faces and error items it
         newly committed."""
-        new = [0, 0, 0]
-        zero = np.zeros(len(summary["commit"]), np.int64)
-        for cid, n, faces, errors in zip(summary["commit"], summary["n_items"],
-                                         summary.get("n_faces", zero),
-                                         summary.get("n_errors", zero)):
+        items = faces = errors = 0
+        for cid, n, n_faces, n_errors in zip(summary["commit"], summary["n_items"],
+                                             summary["n_faces"], summary["n_errors"]):
             if str(cid) not in self.items:
                 self.items[str(cid)] = int(n)
-                new = [new[0] + int(n), new[1] + int(faces), new[2] + int(errors)]
-        return new[0], new[1], new[2]
+                items, faces, errors = items + int(n), faces + int(n_faces), errors + int(n_errors)
+        return items, faces, errors
 
     @property
     def n_items(self) -> int:

@@ -192,14 +192,15 @@ def watch_progress(path: str, shown: TrainProgress, storage_options: dict[str, A
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
+    finished = False
     try:
         yield
-        stop.set()
-        thread.join(timeout=5)
-        shown.finished()
+        finished = True
     finally:
         stop.set()
         thread.join(timeout=5)
+        if finished:
+            shown.finished()
         shown.close()
 
 
