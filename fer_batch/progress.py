@@ -24,42 +24,65 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-class Progress:
+class _Display:
+    """What both displays share: a rich bar when `stream` is a terminal, else plain lines at
+    most every `interval` seconds (the first at once when `first_line_now`)."""
+
+    def __init__(self, enabled: bool, stream: IO[str] | None, interval: float, clock: Any,
+                 first_line_now: bool) -> None:
+        self._enabled = enabled
+        self._stream = stream or sys.stderr
+        self._clock, self._interval = clock, interval
+        self._last = clock() - (interval if first_line_now else 0.0)
+        self._bar: Any = None
+        self._task: Any = None
+
+    def _wants_bar(self) -> bool:
+        return self._enabled and getattr(self._stream, "isatty", lambda: False)()
+
+    def _start_bar(self, columns: list[Any], total: int, **fields: Any) -> None:
+        from rich.console import Console
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(*columns, console=Console(file=self._stream),
+                        refresh_per_second=REFRESH_PER_S, transient=False)
+        self._task = self._bar.add_task("", total=total, **fields)
+        self._bar.start()
+
+    def _plain(self, line: str, now: float) -> None:
+        """Print `line` if the interval has passed since the last one."""
+        if self._enabled and now - self._last >= self._interval:
+            self._last = now
+            print(line, file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class Progress(_Display):
     """Counts committed files, faces and error files against `total`, and shows them."""
 
     def __init__(self, total: int, enabled: bool = True, stream: IO[str] | None = None,
                  interval: float = PLAIN_EVERY_S, clock: Any = time.monotonic) -> None:
+        super().__init__(enabled, stream, interval, clock, first_line_now=False)
         self.total, self.files, self.faces, self.errors = total, 0, 0, 0
-        self._stream = stream or sys.stderr
-        self._clock, self._interval = clock, interval
-        self._started = self._last = clock()
-        self._bar = None
-        if enabled and total and getattr(self._stream, "isatty", lambda: False)():
-            self._bar = self._live_bar()
-        self._enabled = enabled
+        self._started = self._last
+        if total and self._wants_bar():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
-    def _live_bar(self) -> Any:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import (
-            Progress as Bar,
-        )
-
-        bar = Bar(TextColumn("fer-batch"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("files"), TaskProgressColumn(),
-                  TextColumn("{task.fields[rate]} files/s, {task.fields[faces]} faces, "
-                             "{task.fields[errors]} errors, ETA"),
-                  TimeRemainingColumn(), console=Console(file=self._stream),
-                  refresh_per_second=REFRESH_PER_S, transient=False)
-        self._task = bar.add_task("annotate", total=self.total, rate="0.0", faces=0, errors=0)
-        bar.start()
-        return bar
+            self._start_bar([TextColumn("fer-batch"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("files"), TaskProgressColumn(),
+                             TextColumn("{task.fields[rate]} files/s, {task.fields[faces]} "
+                                        "faces, {task.fields[errors]} errors, ETA"),
+                             TimeRemainingColumn()], total, rate="0.0", faces=0, errors=0)
 
     def update(self, files: int, faces: int, errors: int) -> None:
         """Add what one commit held."""
@@ -70,9 +93,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.files, rate=f"{self.rate(now):.1f}",
                              faces=self.faces, errors=self.errors)
-        elif self._enabled and now - self._last >= self._interval:
-            self._last = now
-            print(self.line(now), file=self._stream, flush=True)
+        else:
+            self._plain(self.line(now), now)
 
     def rate(self, now: float | None = None) -> float:
         elapsed = (self._clock() if now is None else now) - self._started
@@ -86,11 +108,6 @@ class Progress:
         return (f"[fer-batch] {self.files}/{self.total} files ({share:.0f}%), "
                 f"{rate:.1f} files/s, {self.faces} faces, {self.errors} errors, "
                 f"ETA {_duration(left)}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
 
 class NativeStderrTo:
@@ -137,7 +154,7 @@ class NativeStderrTo:
         self._saved = None
 
 
-class TrainProgress:
+class TrainProgress(_Display):
     """Epochs and steps of a `fer-batch train` run, with the running loss and accuracy: a
     live bar on a terminal, one plain line about every `interval` seconds elsewhere. Fed
     with what the first worker last wrote (fer_batch/train/loop.py, `ProgressFile`)."""
@@ -145,22 +162,15 @@ class TrainProgress:
     def __init__(self, epochs: int, steps_per_epoch: int, enabled: bool = True,
                  stream: IO[str] | None = None, interval: float = PLAIN_EVERY_S,
                  clock: Any = time.monotonic) -> None:
+        super().__init__(enabled, stream, interval, clock, first_line_now=True)
         self.epochs, self.steps = epochs, max(1, steps_per_epoch)
-        self._stream = stream or sys.stderr
-        self._clock, self._interval = clock, interval
-        self._last = clock() - interval
-        self._enabled, self._bar, self._seen = enabled, None, None
-        if enabled and getattr(self._stream, "isatty", lambda: False)():
-            from rich.console import Console
+        self._seen: dict[str, Any] | None = None
+        if self._wants_bar():
             from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-            from rich.progress import Progress as Bar
 
-            self._bar = Bar(TextColumn("fer-batch train"), BarColumn(),
-                            TextColumn("{task.fields[where]}, ETA"), TimeRemainingColumn(),
-                            console=Console(file=self._stream),
-                            refresh_per_second=REFRESH_PER_S)
-            self._task = self._bar.add_task("train", total=epochs * self.steps, where="")
-            self._bar.start()
+            self._start_bar([TextColumn("fer-batch train"), BarColumn(),
+                             TextColumn("{task.fields[where]}, ETA"), TimeRemainingColumn()],
+                            epochs * self.steps, where="")
 
     def line(self, state: dict[str, Any]) -> str:
         """`epoch 3/10, step 120/448, loss 1.4210, accuracy 0.4512`."""
@@ -174,18 +184,10 @@ class TrainProgress:
         if self._bar is not None:
             done = state["epoch"] * self.steps + min(state["step"], self.steps)
             self._bar.update(self._task, completed=done, where=self.line(state))
-            return
-        now = self._clock()
-        if now - self._last >= self._interval:
-            self._last = now
-            print(f"[fer-batch] {self.line(state)}", file=self._stream, flush=True)
+        else:
+            self._plain(f"[fer-batch] {self.line(state)}", self._clock())
 
     def finished(self) -> None:
         """The run ended well: the bar shows every step done."""
         if self._bar is not None:
             self._bar.update(self._task, completed=self.epochs * self.steps)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
