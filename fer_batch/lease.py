@@ -22,6 +22,7 @@ from typing import Any
 
 from fer_batch.schema import LEASE
 from fer_batch.sources import filesystem, redact, retry_transient
+from fer_batch.store import join
 
 
 class LeaseLost(RuntimeError):
@@ -30,7 +31,7 @@ class LeaseLost(RuntimeError):
 
 def _path(output: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
     fs, root = filesystem(output, storage_options)
-    return fs, "/".join([root.rstrip("/"), LEASE])
+    return fs, join(root, LEASE)
 
 
 def take(output: str, storage_options: dict[str, Any], run_id: str) -> None:
@@ -58,7 +59,7 @@ def holder(output: str, storage_options: dict[str, Any]) -> str | None:
 
 def holder_at(fs: Any, root: str) -> str | None:
     """`holder` for an output already opened as (filesystem, root)."""
-    path = "/".join([root.rstrip("/"), LEASE])
+    path = join(root, LEASE)
 
     def read() -> str | None:
         fs.invalidate_cache(path)  # s3fs may answer from a listing made earlier
