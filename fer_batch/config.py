@@ -102,7 +102,7 @@ class AnnotateConfig:
     num_gpus: float | None = None
     detect_actors: int | None = None
     classify_actors: int | None = None
-    files_per_task: int = 4  # fewest images per detection task (pipeline.block_sizes)
+    files_per_task: int = 4  # fewest images per detection task (datasets.block_sizes)
     manifest: str | None = None
     overwrite: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)

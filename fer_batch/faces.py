@@ -1,4 +1,6 @@
-"""Detect and crop: the detection actor and the pure functions it calls per image.
+"""Detect and crop: the pure functions the detection actor (fer_batch/stages.py) calls per
+image and per video frame, in the order it calls them; the bench (fer_batch/bench/stages.py)
+times the same functions.
 
 Boxes come from fer_batch/detect.py in original pixels; crops are cut in each detector's
 Haar-equivalent framing (detect.FaceSide) plus the model entry's margin.
@@ -17,8 +19,8 @@ from fer_batch.detect import (
     detection_scale,
     resize_to_scale,
 )
-from fer_batch.images import decode_image, probe_size
-from fer_batch.preprocess import prepare_face
+from fer_batch.images import DecodedImage, decode_image, probe_size
+from fer_batch.preprocess import prepare_face, to_grey
 from fer_batch.records import KEYPOINTS_AT, N_META
 from fer_batch.registry import ModelSpec, Scorer, join_crops
 
@@ -47,20 +49,26 @@ def _crop_member(pixels: np.ndarray, scale: float, det: Detections, spec: ModelS
     return out
 
 
-def detect_pixels(data: bytes, cfg: DetectConfig, spec: Scorer,
-                  detector: Any) -> tuple[int, int, Detections, np.ndarray, float]:
-    """Decode an encoded image at the smallest size detection allows, then detect.
-
-    Returns the original width and height, the detections (original pixels), and the
-    decoded pixels with their scale, from which crops are cut.
-    """
+def decode_for_detection(data: bytes, cfg: DetectConfig, spec: Scorer) -> DecodedImage:
+    """Decode an encoded image at the smallest size detection allows, in the colour the
+    detector and the model need."""
     width, height = probe_size(data)
-    target = detection_scale(width, height, cfg)
     colour = decode_colour(cfg.detector, spec.decode_color)
-    decoded = decode_image(data, cfg.max_pixels, colour, min_scale=target)
-    target = detection_scale(decoded.width, decoded.height, cfg)
-    det = detector(resize_to_scale(decoded.pixels, decoded.scale, target), target)
-    return decoded.width, decoded.height, det, decoded.pixels, decoded.scale
+    return decode_image(data, cfg.max_pixels, colour,
+                        min_scale=detection_scale(width, height, cfg))
+
+
+def frame_for_detection(pixels: np.ndarray, cfg: DetectConfig, spec: Scorer) -> np.ndarray:
+    """A decoded video frame (BGR) in the colour the detector and the model need."""
+    return to_grey(pixels) if decode_colour(cfg.detector, spec.decode_color) == "grey" else pixels
+
+
+def find_faces(pixels: np.ndarray, scale: float, width: int, height: int, cfg: DetectConfig,
+               detector: Any) -> Detections:
+    """Detections, in the original `width` x `height` pixels, of pixels held at `scale`:
+    resized to the scale `--min-face` needs first (detect.detection_scale)."""
+    target = detection_scale(width, height, cfg)
+    return detector(resize_to_scale(pixels, scale, target), target)
 
 
 def face_meta(det: Detections, frame_index: int, timestamp_s: float) -> np.ndarray:

@@ -20,10 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 from fer_batch.manifest import ENTRY_SCHEMA
-from fer_batch.paths import child
-from fer_batch.schema import COMMITS_DIR, TABLES
-from fer_batch.sources import filesystem, is_local, protocol_of, retry_transient
-from fer_batch.store import join, part_name
+from fer_batch.sources import retry_transient
+from fer_batch.store import Store
 
 # 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
 # buffers grew the driver from 185 MB (10k lines) to 248 MB (10M, +34%); with these the
@@ -76,13 +74,9 @@ class WorkPlan:
     """Dedup + resume planning for one run, in a DuckDB file that is deleted on close."""
 
     def __init__(self, memory_limit: str = MEMORY_LIMIT, workdir: str | None = None) -> None:
-        import duckdb
-
         _remove_abandoned(workdir)
         self.dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=workdir)
-        self.con = duckdb.connect(os.path.join(self.dir, "plan.duckdb"))
-        self._exec(f"SET memory_limit = '{memory_limit}'")
-        self._exec(f"SET threads = {THREADS}")
+        self.con = limited_connection(os.path.join(self.dir, "plan.duckdb"), memory_limit)
         self._exec(f"SET temp_directory = '{os.path.join(self.dir, 'spill')}'")
         self._exec("SET preserve_insertion_order = false")
         self._exec("CREATE TABLE cand (ord BIGINT, source_uri VARCHAR, media_type VARCHAR,"
@@ -113,18 +107,14 @@ class WorkPlan:
             self.con.unregister("chunk")
             self._rows += len(chunk)
 
-    def load_commits(self, output: str, storage_options: dict[str, Any]) -> None:
-        """Read every completion marker of `output` (one row per committed item)."""
-        markers = markers_relation(self.con, output, storage_options)
-        if markers is None:
-            return
-
+    def load_commits(self, store: Store) -> None:
+        """Read every completion marker of the output (one row per committed item)."""
         def load() -> None:
+            markers = store.markers_sql(self.con)
             self._exec("DELETE FROM done")
-            self._exec(
-                "INSERT INTO done SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1),"
-                " source_uri, media_type, regexp_replace(item_key, '\\|[^|]*$', '')"
-                f" FROM {markers}")
+            if markers is not None:
+                self._exec("INSERT INTO done SELECT commit_id, source_uri, media_type,"
+                           f" regexp_replace(item_key, '\\|[^|]*$', '') FROM {markers}")
 
         retry_transient(load)
 
@@ -241,30 +231,14 @@ def _sql_str(text: str) -> str:
     return text.replace("'", "''")
 
 
-def drop_commits(output: str, storage_options: dict[str, Any], commit_ids: list[str]) -> None:
-    """Delete whole commits: the marker first, so a kill midway leaves only orphans."""
-    fs, root = filesystem(output, storage_options)
-    for cid in commit_ids:
-        for name in (COMMITS_DIR, *TABLES):
-            path = child(root, name, f"{cid}.parquet" if name == COMMITS_DIR
-                         else part_name(cid))
-            if retry_transient(fs.exists, path):
-                retry_transient(fs.rm, path)
+def limited_connection(database: str = ":memory:", memory_limit: str = MEMORY_LIMIT) -> Any:
+    """A DuckDB connection under the planning limits (MEMORY_LIMIT, THREADS)."""
+    import duckdb
 
-
-def markers_relation(con: Any, output: str, storage_options: dict[str, Any]) -> str | None:
-    """SQL naming every completion marker of `output` for DuckDB; None when there are none."""
-    fs, root = filesystem(output, storage_options)
-    path = join(root, COMMITS_DIR)
-    if not retry_transient(fs.exists, path):
-        return None
-    if not any(p.endswith(".parquet") for p in retry_transient(fs.ls, path, detail=False)):
-        return None
-    pattern = join(path, "*.parquet")
-    if not is_local(fs):
-        con.register_filesystem(fs)  # through fsspec: no DuckDB extension download
-        pattern = f"{protocol_of(fs)}://{pattern}"
-    return f"read_parquet('{_sql_str(pattern)}', filename = true, union_by_name = true)"
+    con = duckdb.connect(database)
+    con.execute(f"SET memory_limit = '{memory_limit}'").fetchall()
+    con.execute(f"SET threads = {THREADS}").fetchall()
+    return con
 
 
 _TALLY = """count(*), count(*) FILTER (WHERE status = 'ok'),
@@ -272,14 +246,10 @@ _TALLY = """count(*), count(*) FILTER (WHERE status = 'ok'),
     coalesce(sum(n_faces), 0)"""
 
 
-def commit_summary(output: str, storage_options: dict[str, Any], run_id: str) -> dict[str, Any]:
+def commit_summary(store: Store, run_id: str) -> dict[str, Any]:
     """Tallies of every commit and of this run's, and where this run's items ran."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'").fetchall()
-    con.execute(f"SET threads = {THREADS}").fetchall()
-    markers = retry_transient(markers_relation, con, output, storage_options)
+    con = limited_connection()
+    markers = retry_transient(store.markers_sql, con)
     empty = {"totals": _tally((0, 0, 0, 0, 0)), "this_run": _tally((0, 0, 0, 0, 0)),
              "detect": {}, "classify": {}}
     if markers is None:

@@ -3,7 +3,7 @@
 On a terminal, a live bar drawn by rich (already installed with Ray, so no new dependency;
 it redraws in place, takes custom columns, and knows when stderr is not a terminal).
 Anywhere else (a log file, `ray job logs`), one plain line about every `interval` seconds,
-so a log stays readable. Ray's own progress output is off (see pipeline.quiet_ray).
+so a log stays readable. Ray's own progress output is off (see session.quiet_ray).
 """
 
 from __future__ import annotations

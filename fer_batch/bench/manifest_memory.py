@@ -31,16 +31,19 @@ def write_manifest(path: Path, lines: int) -> Path:
 def plan_once(manifest: str, output: str) -> dict[str, Any]:
     """In this process: plan `manifest` into `output` and stream every block out."""
     from fer_batch.config import AnnotateConfig
-    from fer_batch.pipeline import MAX_BLOCK_ROWS, blocks, plan_work, work_items
+    from fer_batch.datasets import MAX_BLOCK_ROWS, blocks, work_items
+    from fer_batch.pipeline import plan_work
     from fer_batch.plan import WorkPlan
     from fer_batch.sources import ListingStats
+    from fer_batch.store import Store
 
     before = _peak_mb()
     started = time.perf_counter()
     cfg = AnnotateConfig(inputs=(), output=output, manifest=manifest)
     with WorkPlan() as work:
         # Nothing is committed in a fresh output, so nothing needs a stat (no Ray needed).
-        plan_work(cfg, work, ListingStats(), stat=_no_stat)
+        plan_work(cfg, Store.open(cfg.output, cfg.storage_options), work, ListingStats(),
+                  stat=_no_stat)
         streamed = sum(len(b) for b in blocks((work_items(t) for t in work.todo()),
                                               MAX_BLOCK_ROWS))
         counts = dict(work.counts)

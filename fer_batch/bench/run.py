@@ -110,7 +110,7 @@ def warm_series(cfg: BenchConfig, inputs: tuple[str, ...], entries: list[dict[st
     """
     import ray
 
-    from fer_batch.pipeline import init_ray
+    from fer_batch.session import init_ray
 
     started = not ray.is_initialized()
     init_ray("local" if started else None)

@@ -107,10 +107,10 @@ def weighted_means(timed: list[dict[str, Any]]) -> dict[str, float]:
 
 def time_image(uri: str, detect: DetectConfig, spec: Any, detector: Any,
                repeat: int) -> dict[str, Any]:
-    """Best-of-`repeat` seconds per step, following FaceStage.detect_image step by step."""
-    from fer_batch.detect import EMPTY, decode_colour, detection_scale, resize_to_scale
-    from fer_batch.faces import crop_faces
-    from fer_batch.images import MediaError, decode_image, probe_size
+    """Best-of-`repeat` seconds per step: the functions FaceStage.detect_image calls."""
+    from fer_batch.detect import EMPTY
+    from fer_batch.faces import crop_faces, decode_for_detection, find_faces
+    from fer_batch.images import MediaError
     from fer_batch.sources import read_bytes
 
     best = dict.fromkeys(STEPS, math.inf)
@@ -118,15 +118,12 @@ def time_image(uri: str, detect: DetectConfig, spec: Any, detector: Any,
         t = [time.perf_counter()]
         data = read_bytes(uri, {})
         t.append(time.perf_counter())
-        det, crops = EMPTY, np.zeros((0, *spec.input_shape), np.uint8)
+        det, crops = EMPTY, np.zeros((0, *spec.crop_shape), np.uint8)
         try:
-            width, height = probe_size(data)
-            decoded = decode_image(data, detect.max_pixels,
-                                   decode_colour(detect.detector, spec.preprocessing.color),
-                                   min_scale=detection_scale(width, height, detect))
+            decoded = decode_for_detection(data, detect, spec)
             t.append(time.perf_counter())
-            target = detection_scale(decoded.width, decoded.height, detect)
-            det = detector(resize_to_scale(decoded.pixels, decoded.scale, target), target)
+            det = find_faces(decoded.pixels, decoded.scale, decoded.width, decoded.height,
+                             detect, detector)
             t.append(time.perf_counter())
             crops = crop_faces(decoded.pixels, decoded.scale, det, spec)
         except MediaError:
@@ -147,9 +144,7 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
     except ImportError as e:
         notes.append(f"video not timed ({entry['source_uri']}): fer_batch.video: {e}")
         return None
-    from fer_batch.detect import decode_colour, detection_scale, resize_to_scale
-    from fer_batch.faces import crop_faces
-    from fer_batch.preprocess import to_grey
+    from fer_batch.faces import crop_faces, find_faces, frame_for_detection
 
     spent = dict.fromkeys(STEPS, 0.0)
     faces, frames, crops = 0, 0, []
@@ -166,10 +161,8 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
             spent["decode"] += t1 - t0
             if frame is None:
                 break
-            grey = decode_colour(detect.detector, spec.preprocessing.color) == "grey"
-            pixels = to_grey(frame.pixels) if grey else frame.pixels
-            target = detection_scale(pixels.shape[1], pixels.shape[0], detect)
-            det = detector(resize_to_scale(pixels, 1.0, target), target)
+            pixels = frame_for_detection(frame.pixels, detect, spec)
+            det = find_faces(pixels, 1.0, pixels.shape[1], pixels.shape[0], detect, detector)
             t2 = time.perf_counter()
             crops.append(crop_faces(pixels, 1.0, det, spec))
             spent["detect"] += t2 - t1
@@ -178,7 +171,7 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
     finally:
         cap.release()
         local.clear()
-    empty = np.zeros((0, *spec.input_shape), np.uint8)
+    empty = np.zeros((0, *spec.crop_shape), np.uint8)
     return {**spent, "faces": faces, "frames": frames,
             "crops": np.concatenate(crops) if crops else empty}
 

@@ -228,7 +228,7 @@ def cross_validate(cfg: TrainConfig, plan: TrainPlan, dataset: Any) -> dict[str,
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (optionally cross-validate first) and export the model directory."""
-    from fer_batch.pipeline import init_ray, quiet_terminal
+    from fer_batch.session import init_ray, quiet_terminal
 
     if not cfg.verbose:  # TensorFlow's C++ lines (the driver loads the model to export it)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
