@@ -323,6 +323,57 @@ def test_a_superseded_run_cannot_commit(tmp_path):
     assert len(list((tmp_path / "out" / "_commits").iterdir())) == 2
 
 
+_KILLED_WRITER = """
+import os, sys, time
+from fer_batch import store
+from fer_batch.sink import write_commit
+from tests.test_manifest import _one_item_batch
+
+out, ready = sys.argv[1], sys.argv[2]
+write_commit(_one_item_batch("/a.jpg"), store.Store.open(out), "run-1", "m")
+
+def parts_written_then_wait(self, marker):  # every part is on disk: be killed here
+    open(ready, "w").close()
+    time.sleep(600)
+
+store.Commit.finish = parts_written_then_wait
+write_commit(_one_item_batch("/b.jpg"), store.Store.open(out), "run-1", "m")
+"""
+
+
+def test_readers_never_see_the_parts_of_a_writer_killed_before_its_marker(tmp_path):
+    """A writer process SIGKILLed between its parts and its marker: its parts stay on disk,
+    and neither `fer-batch query` nor committed_files() (the README's recipes) shows them;
+    the next run's orphan removal deletes them."""
+    import signal
+    import time
+
+    from fer_batch.query import committed_files, connect
+
+    out, ready = str(tmp_path / "out"), tmp_path / "parts-written"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, out, str(ready)],
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert writer.poll() is None, "the writer died before its parts were written"
+            assert time.monotonic() < deadline, "the writer never wrote its parts"
+            time.sleep(0.05)
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    parts = sorted((tmp_path / "out" / "media").glob("*.parquet"))
+    assert len(parts) == 2 and len(list((tmp_path / "out" / "_commits").iterdir())) == 1
+    assert pq.read_table(committed_files(out, "media")).column("source_uri").to_pylist() == [
+        "/a.jpg"]
+    con = connect(out)
+    assert con.sql("SELECT source_uri FROM media").fetchall() == [("/a.jpg",)]
+    assert Store.open(out).remove_orphans() == 3  # /b.jpg's faces, media and errors parts
+    assert len(list((tmp_path / "out" / "media").glob("*.parquet"))) == 1
+
+
 def test_readers_never_see_a_commit_whose_marker_was_not_written(tmp_path, monkeypatch):
     """A writer stopped between its parts and its marker (here: its lease taken in between)
     leaves parts on disk that `fer-batch query` and committed_files() never show."""
