@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from fer_batch.manifest import ENTRY_SCHEMA
 from fer_batch.sources import retry_transient
-from fer_batch.store import Store
+from fer_batch.store import Store, sql_str
 
 # 40 MB and dedup partitions of 250k rows: with 64 MB and 1M-row partitions DuckDB's
 # buffers grew the driver from 185 MB (10k lines) to 248 MB (10M, +34%); with these the
@@ -181,7 +181,7 @@ class WorkPlan:
         self._exec(f"""COPY (SELECT source_uri FROM items i
             WHERE (size_bytes IS NULL OR version IS NULL)
               AND EXISTS (SELECT 1 FROM done d WHERE d.source_uri = i.source_uri))
-            TO '{_sql_str(need)}' (FORMAT parquet)""")
+            TO '{sql_str(need)}' (FORMAT parquet)""")
         batches = (pa.Table.from_batches([b]) for b in
                    pq.ParquetFile(need).iter_batches(batch_size=STAT_BATCH_ROWS))
         self._exec("CREATE TABLE stat (source_uri VARCHAR, size_bytes BIGINT,"
@@ -209,7 +209,7 @@ class WorkPlan:
         for start in range(0, end, SORT_ROWS):
             self._exec(f"""COPY (SELECT * EXCLUDE (ord, listed) FROM todo
                 WHERE ord >= {start} AND ord < {start + SORT_ROWS} ORDER BY ord)
-                TO '{_sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})""")
+                TO '{sql_str(path)}' (FORMAT parquet, ROW_GROUP_SIZE {rows})""")
             # Neither pre-buffering nor reader threads: with either, pyarrow keeps what it
             # read ahead (a 10M-row file grew the reader by 470 MB; without, by 7 MB).
             reader = pq.ParquetFile(path, pre_buffer=False)
@@ -225,10 +225,6 @@ class WorkPlan:
 
     def _count(self, sql: str) -> int:
         return int(self._exec(sql)[0][0])
-
-
-def _sql_str(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def limited_connection(database: str = ":memory:", memory_limit: str = MEMORY_LIMIT) -> Any:
@@ -254,7 +250,7 @@ def commit_summary(store: Store, run_id: str) -> dict[str, Any]:
              "detect": {}, "classify": {}}
     if markers is None:
         return empty
-    run = f"run_id = '{_sql_str(run_id)}'"
+    run = f"run_id = '{sql_str(run_id)}'"
     out = {"totals": _tally(con.execute(f"SELECT {_TALLY} FROM {markers}").fetchall()[0]),
            "this_run": _tally(con.execute(
                f"SELECT {_TALLY} FROM {markers} WHERE {run}").fetchall()[0])}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fer_batch.schema import MEDIA, SCHEMAS, TABLES
-from fer_batch.store import Store
+from fer_batch.store import Store, sql_str
 
 
 def committed_files(output: str, table: str,
@@ -35,7 +35,7 @@ def connect(output: str, storage_options: dict[str, Any] | None = None) -> Any:
     for name in TABLES:
         files = store.committed_files(name, ids)
         if files:
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            listed = ", ".join(f"'{sql_str(f)}'" for f in files)
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
         elif store.exists(store.path(name)):  # nothing committed yet: the table, empty
             con.register(f"_{name}_empty", SCHEMAS[name].empty_table())

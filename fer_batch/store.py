@@ -77,7 +77,8 @@ def commit_id(item_keys: Any) -> str:
     return digest.hexdigest()[:24]
 
 
-def _sql_str(text: str) -> str:
+def sql_str(text: str) -> str:
+    """`text` inside a single-quoted SQL string literal (DuckDB)."""
     return text.replace("'", "''")
 
 
@@ -220,7 +221,7 @@ class Store:
             con.register_filesystem(self.fs)  # through fsspec: no DuckDB extension download
         if commits is None:  # the whole folder: one glob, not a list of every file
             files = [self.path(COMMITS_DIR) + f"/*{_PARQUET}"]
-        listed = ", ".join(f"'{_sql_str(self.url(f))}'" for f in files)
+        listed = ", ".join(f"'{sql_str(self.url(f))}'" for f in files)
         columns = ", ".join(COMMIT_SCHEMA.names)
         return (f"(SELECT regexp_extract(filename, '([^/]+)\\{_PARQUET}$', 1) AS commit_id,"
                 f" {columns} FROM read_parquet([{listed}], filename = true,"
