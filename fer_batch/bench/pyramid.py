@@ -1,0 +1,77 @@
+"""BlazeFace's pyramid settings side by side: recall on photos counted by eye, on FER-2013
+faces in scenes, and the first look's model pixels per photo (a cost that does not depend
+on how fast the machine is).
+
+    python -m fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train \\
+        --scenes 400 --settings 20,4 20,2 24,4 28,4
+
+Each setting is `finest,factor`: a --min-face face is `finest` model pixels at the finest
+level, and levels are `factor` apart (fer_batch/tiling.py). Use *train* faces to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def parse_setting(text: str) -> tuple[float, float]:
+    """'20,4' -> (20.0, 4.0); a bad one names the option and echoes it."""
+    try:
+        finest, factor = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--settings takes finest,factor pairs such as 20,4; "
+                         f"received: {text!r}") from None
+    if finest <= 0 or factor <= 1:
+        raise ValueError(f"--settings needs finest > 0 and factor > 1; received: {text!r}")
+    return finest, factor
+
+
+def measure(photos: str, scenes: list[Any], finest: float, factor: float) -> dict[str, Any]:
+    """One setting's photo counts, scene recall and model pixels per photo."""
+    from fer_batch.bench.detectors import read_by_eye, score_counts
+    from fer_batch.bench.scenes import detect_all
+    from fer_batch.bench.stages import time_image
+    from fer_batch.config import DetectConfig
+    from fer_batch.detect import BlazeFaceDetector
+    from fer_batch.registry import resolve_model
+
+    cfg = DetectConfig(detector="blazeface")
+    spec = resolve_model("fer-mini-xception")  # only its colour matters to decoding
+    detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor)
+    by_eye = read_by_eye(Path(photos) / "manifest.csv")
+    found = {name: time_image(str(Path(photos) / name), cfg, spec, detector, 1)["faces"]
+             for name in by_eye}
+    pixels = detector.pyramid_pixels / max(len(by_eye), 1)
+    counts = score_counts(by_eye, found)
+    hits = [d is not None for d in detect_all(scenes, detector)]
+    return {"finest": finest, "factor": factor, "photos_found": counts["found"],
+            "photos_extra": counts["extra"], "per_file": counts["per_file"],
+            "scenes_found": round(float(np.mean(hits)), 4) if hits else None,
+            "model_pixels_per_photo": round(pixels)}
+
+
+def main(argv: list[str]) -> int:
+    from fer_batch.bench.scenes import make_scenes
+
+    p = argparse.ArgumentParser(prog="python -m fer_batch.bench.pyramid")
+    p.add_argument("photos", help="a folder of photos with a by-eye manifest.csv")
+    p.add_argument("faces", help="FER-2013 folder <class>/*.png for the scenes (train)")
+    p.add_argument("--scenes", type=int, default=400, help="faces sampled (0: all)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--settings", nargs="+", default=["20,4", "20,2", "24,4", "28,4"])
+    args = p.parse_args(argv)
+    settings = [parse_setting(s) for s in args.settings]
+    scenes = make_scenes(args.faces, args.scenes, args.seed)
+    for finest, factor in settings:
+        print(json.dumps(measure(args.photos, scenes, finest, factor)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
