@@ -182,16 +182,15 @@ class Store:
                 if os.path.exists(tmp):
                     os.remove(tmp)
             return
-        if not isinstance(data, list):  # a stream is read once: it is written without retries
-            with self.fs.open(path, "wb") as f:
-                _write_parquet(f, data, schema)
-            return
 
         def put() -> None:
             with self.fs.open(path, "wb") as f:
                 _write_parquet(f, data, schema)
 
-        retry_transient(put)
+        if isinstance(data, list):
+            retry_transient(put)
+        else:  # a stream is read once: it is written without retries
+            put()
 
     # --- the commit protocol ---------------------------------------------------------
 

@@ -44,14 +44,16 @@ def score_counts(by_eye: dict[str, int], found: dict[str, int]) -> dict[str, Any
             "per_file": {name: found.get(name, 0) for name in sorted(by_eye)}}
 
 
-def count_faces(folder: str, names: list[str], detect: DetectConfig) -> dict[str, Any]:
-    """Faces per photo, found as FaceStage finds them (decode, scale, detect)."""
+def count_faces(folder: str, names: list[str], detect: DetectConfig,
+                detector: Any = None) -> dict[str, Any]:
+    """Faces per photo, found as FaceStage finds them (decode, scale, detect), with
+    `detector` (default: the one `detect` names)."""
     from fer_batch.bench.stages import time_image
     from fer_batch.detect import make_detector
     from fer_batch.registry import resolve_model
 
     spec = resolve_model("fer-mini-xception")  # only its colour matters to decoding
-    detector = make_detector(detect)
+    detector = detector or make_detector(detect)
     return {name: time_image(str(Path(folder) / name), detect, spec, detector, 1)["faces"]
             for name in names}
 

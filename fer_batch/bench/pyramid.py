@@ -32,23 +32,18 @@ def parse_setting(text: str) -> tuple[float, float]:
     return finest, factor
 
 
-def measure(photos: str, scenes: list[Any], finest: float, factor: float) -> dict[str, Any]:
+def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: float,
+            factor: float) -> dict[str, Any]:
     """One setting's photo counts, scene recall and model pixels per photo."""
-    from fer_batch.bench.detectors import read_by_eye, score_counts
+    from fer_batch.bench.detectors import count_faces, score_counts
     from fer_batch.bench.scenes import detect_all
-    from fer_batch.bench.stages import time_image
     from fer_batch.config import DetectConfig
     from fer_batch.detect import BlazeFaceDetector
-    from fer_batch.registry import resolve_model
 
     cfg = DetectConfig(detector="blazeface")
-    spec = resolve_model("fer-mini-xception")  # only its colour matters to decoding
     detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor)
-    by_eye = read_by_eye(Path(photos) / "manifest.csv")
-    found = {name: time_image(str(Path(photos) / name), cfg, spec, detector, 1)["faces"]
-             for name in by_eye}
+    counts = score_counts(by_eye, count_faces(photos, sorted(by_eye), cfg, detector))
     pixels = detector.pyramid_pixels / max(len(by_eye), 1)
-    counts = score_counts(by_eye, found)
     hits = [d is not None for d in detect_all(scenes, detector)]
     return {"finest": finest, "factor": factor, "photos_found": counts["found"],
             "photos_extra": counts["extra"], "per_file": counts["per_file"],
@@ -57,6 +52,7 @@ def measure(photos: str, scenes: list[Any], finest: float, factor: float) -> dic
 
 
 def main(argv: list[str]) -> int:
+    from fer_batch.bench.detectors import read_by_eye
     from fer_batch.bench.scenes import make_scenes
 
     p = argparse.ArgumentParser(prog="python -m fer_batch.bench.pyramid")
@@ -67,9 +63,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--settings", nargs="+", default=["20,4", "20,2", "24,4", "28,4"])
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
+    by_eye = read_by_eye(Path(args.photos) / "manifest.csv")
     scenes = make_scenes(args.faces, args.scenes, args.seed)
     for finest, factor in settings:
-        print(json.dumps(measure(args.photos, scenes, finest, factor)), flush=True)
+        print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor)), flush=True)
     return 0
 
 
