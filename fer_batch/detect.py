@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -241,10 +241,14 @@ BLAZEFACE_HELD_PIXELS = 25_000_000  # 75 MB of RGB: a 100 MP image is held at ha
 BLAZEFACE_CONTEXT = 2.0
 _SECOND_LOOK_CENTRE = 0.15  # a second-look box counts when its centre is this near the middle
 # Interpreters are kept per input shape (fer_batch/tiling.py rounds tile shapes to a few
-# sides): sizing one for a new shape costs 5-260 ms (more for larger shapes; a 1024x1024 one
-# holds 184 MB). The least recently used ones go past _CACHE_PIXELS model pixels in all
-# (about 550 MB).
-_CACHE_PIXELS = 3_000_000
+# sides): sizing one for a new shape costs 15-120 ms (more for larger shapes), about half a
+# run of it, and each holds about 210 bytes per model pixel (a 1024x1024 one 215 MB).
+# The 19 shared photos, of 19 sizes, need 24 shapes of 5.85 M model pixels in all. With room
+# for 3 M, kept least recently used, an archive of such photos sized a new interpreter for
+# 46-68% of its model pixels, 20% of the detection actor's CPU. _CACHE_PIXELS holds them all
+# (about 1.25 GB at most); past it, the least used shapes go first (least recently used
+# among equals), so a scan through many sizes does not evict the shapes most files need.
+_CACHE_PIXELS = 6_000_000
 
 
 def _model_input(pixels: np.ndarray) -> np.ndarray:
@@ -275,6 +279,7 @@ class BlazeFaceDetector:
         self._smallest, self._factor, self._max_tile = smallest, factor, max_tile
         self._reach = reach
         self._runners: OrderedDict[tuple[int, int], tuple[Any, np.ndarray]] = OrderedDict()
+        self._uses: Counter[tuple[int, int]] = Counter()  # every shape asked for, kept or not
         self._runner(self._options.input_size, self._options.input_size)  # load it now
         self._second = _litert(model_file(DETECTOR_FILES[BLAZEFACE_SECOND_MODEL]))
         self._second_anchors = blazeface.generate_anchors(blazeface.SHORT_RANGE)
@@ -340,12 +345,14 @@ class BlazeFaceDetector:
         from fer_batch import blazeface
 
         key = (rows, cols)
+        self._uses[key] += 1
         if key in self._runners:
             self._runners.move_to_end(key)
             return self._runners[key]
         while self._runners and (sum(r * c for r, c in self._runners) + rows * cols
                                  > _CACHE_PIXELS):
-            self._runners.popitem(last=False)
+            # least used first; min() keeps the first of equals, the least recently used
+            del self._runners[min(self._runners, key=self._uses.__getitem__)]
         self._runners[key] = (_litert(self._path, key),
                               blazeface.generate_anchors(self._options, rows, cols))
         return self._runners[key]

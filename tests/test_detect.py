@@ -146,6 +146,25 @@ def test_the_same_image_gives_the_same_boxes_whatever_ran_before(portrait):
     np.testing.assert_array_equal(again.scores, fresh.scores)
 
 
+def test_kept_interpreters_are_the_most_used_shapes(monkeypatch):
+    """Past its budget the cache drops the least used shape, not the least recent: the
+    shape of the tiles every file has survives a stream of sizes seen once each. A
+    least-recently-used cache, holding two shapes here, would size it again for every file."""
+    sized = []
+    monkeypatch.setattr(detect, "_litert", lambda path, shape=None: sized.append(shape))
+    blaze = BlazeFaceDetector(DetectConfig())
+    monkeypatch.setattr(detect, "_CACHE_PIXELS", 2 * 512 * 512)
+    common = (512, 512)  # two tiles of every file
+    rare = [(512, 448), (448, 512), (384, 512), (512, 384), (448, 448), (384, 384),
+            (320, 512), (512, 320)]
+    for file in range(4):
+        for shape in (common, common, rare[2 * file], rare[2 * file + 1]):
+            blaze._runner(*shape)
+    assert sized.count(common) == 1, sized
+    assert [s for s in sized if s in rare] == rare  # each seen once, sized once
+    assert common in blaze._runners and (256, 256) not in blaze._runners  # used once
+
+
 def test_model_shapes_are_a_few_fixed_sides():
     from fer_batch.tiling import model_side
 
