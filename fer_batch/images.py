@@ -101,7 +101,7 @@ def decode_image(
         image, width, height = _open(data, max_pixels)
         _draft(image, color, min_scale)
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when it is upright
         pixels = _to_array(image, color)
     if pixels.size == 0:
         raise MediaError(STAGE_DECODE, "EmptyImage", "image has no pixels")
@@ -130,5 +130,7 @@ def _to_array(image, color: str) -> np.ndarray:
             rgb = image.convert("RGB") if image.mode == "CMYK" else image
             image = rgb.convert("L")
         return np.asarray(image, dtype=np.uint8)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    import cv2
+
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
