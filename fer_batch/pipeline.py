@@ -23,7 +23,15 @@ import pyarrow as pa
 
 from fer_batch import lease
 from fer_batch.config import AnnotateConfig
-from fer_batch.datasets import WAVE_ITEMS, block_sizes, blocks, build_dataset, waves, work_items
+from fer_batch.datasets import (
+    WAVE_ITEMS,
+    block_sizes,
+    blocks,
+    build_dataset,
+    release,
+    waves,
+    work_items,
+)
 from fer_batch.detect import check_detector
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
 from fer_batch.plan import StatFn, WorkPlan, commit_summary, stat_on_workers
@@ -134,8 +142,10 @@ def run_waves(cfg: AnnotateConfig, spec: Scorer, store: Store, run_id: str,
                 lease.check(store, run_id)  # the clearer error
                 raise
             lease.check(store, run_id)
+            del ds
+            release()  # before recovery, which needs the CPUs the wave's actors held
             progress.update(recover(cfg, spec, run_id, resources, wave, log), 0, 0)
-            del wave, ds
+            del wave
             finalize_videos(store, run_id)
         finalize_videos(store, run_id)  # also when no wave ran
     finally:

@@ -27,7 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fer_batch.config import AnnotateConfig
-from fer_batch.datasets import CLASSIFY_BATCH_DIVISOR, DETECT_TASKS_IN_FLIGHT, build_dataset
+from fer_batch.datasets import (
+    CLASSIFY_BATCH_DIVISOR,
+    DETECT_TASKS_IN_FLIGHT,
+    build_dataset,
+    release,
+)
 from fer_batch.manifest import fill_versions
 from fer_batch.plan import limited_connection
 from fer_batch.records import ITEM_COLUMNS, ItemResult, results_to_batch
@@ -143,6 +148,8 @@ def rerun_alone(cfg: AnnotateConfig, spec: Scorer, run_id: str, resources: Resou
     for summary in tolerate_failed_blocks(ds, -1).iter_batches(batch_size=None,
                                                               batch_format="numpy"):
         log.add(summary)
+    del ds
+    release()
     return log
 
 

@@ -28,6 +28,8 @@ SLOW_S = 0.5
 N_SLOW = 24
 KILL_AFTER_READS = 6  # a block (4 items) done, its output not yet classified
 STARTED_ENV = "FER_BATCH_TEST_STARTED_DIR"
+# A run that has returned has released its actors: Ray needs about a second to kill them.
+RELEASE_TIMEOUT_S = 30
 
 
 def install_hooks() -> None:
@@ -97,16 +99,18 @@ def remove_when_busy(cluster, nodes: list, started: Path, out: Path, info: dict)
         time.sleep(0.05)
 
 
-def wait_idle(timeout: float = 120) -> None:
-    """Wait until the actors of the run before have released everything they held."""
+def wait_idle(timeout: float = RELEASE_TIMEOUT_S) -> float | None:
+    """Seconds until the actors of the run before have released every CPU and GPU they
+    held (None: not within `timeout`); the next run needs them."""
     import ray
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    start = time.time()
+    while time.time() - start < timeout:
         total, free = ray.cluster_resources(), ray.available_resources()
         if all(free.get(k, 0) >= total.get(k, 0) for k in ("CPU", "GPU")):
-            return
+            return round(time.time() - start, 1)
         time.sleep(0.5)
+    return None
 
 
 def main(out: Path) -> None:
@@ -128,11 +132,12 @@ def main(out: Path) -> None:
                  runtime_env={"worker_process_setup_hook": install_hooks,
                               "env_vars": {STARTED_ENV: str(started)}})
         timings["cluster_up"] = round(time.time() - start, 1)
+        released: dict[str, float | None] = {}
         timings["clean"] = annotate_into(archives["slow"], out / "clean")
-        wait_idle()
+        released["clean"] = wait_idle()
         timings["poison"] = annotate_into(archives["poison"], out / "poison")
-        wait_idle()
-        info: dict = {}
+        released["poison"] = wait_idle()
+        info: dict = {"released_after_s": released}
         for path in started.iterdir():  # only reads of the next run count
             path.unlink()
         killer = threading.Thread(target=remove_when_busy, daemon=True,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fer_batch.recovery import CommitLog
-from tests.cluster_driver import N_SLOW
+from tests.cluster_driver import N_SLOW, RELEASE_TIMEOUT_S
 from tests.invariants import check_invariant
 
 pytestmark = pytest.mark.slow
@@ -116,3 +116,14 @@ def test_commit_log_counts_a_retried_commit_once():
     assert log.add({"commit": np.array(["a"]), "n_items": np.array([3]),
                     "n_faces": np.array([4]), "n_errors": np.array([0])}) == (0, 0, 0)
     assert log.n_items == 5
+
+
+def test_a_finished_run_releases_every_cpu_and_gpu(cluster_runs):
+    """Even after a poison run (workers killed, actors restarted, retries exhausted) the
+    next run in the same Ray session gets the whole cluster."""
+    _, info = cluster_runs
+    released = info["released_after_s"]
+    assert set(released) == {"clean", "poison"}
+    for run, seconds in released.items():
+        assert seconds is not None, (
+            f"the {run} run's actors still held CPUs or GPUs {RELEASE_TIMEOUT_S} s after it")
