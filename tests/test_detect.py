@@ -86,6 +86,34 @@ def test_min_score_applies_to_the_second_look(portrait):
     assert len(strict(portrait, 1.0)) == 0
 
 
+def test_a_candidate_the_second_look_rejects_hides_no_face_inside_it(portrait, monkeypatch):
+    """A box inside a larger face is a part of it (an eye, a mouth) only when the second
+    look accepts the larger one: a first-look candidate it rejects, here one around the
+    face and her shoulder, must not take the face inside it along."""
+    from fer_batch import blazeface
+
+    det = BlazeFaceDetector(DetectConfig())
+    alone = det(portrait, 1.0)
+    assert len(alone) == 1
+    big = np.array([175.0, 55.0, 505.0, 385.0])  # xmin, ymin, xmax, ymax; the face in a corner
+    assert det._second_look(portrait, np.r_[big[:2], big[2:] - big[:2]]) < 0.5
+    real = det._detect_tile
+
+    def with_big(pixels, tile):
+        raw = real(pixels, tile)
+        box = ((big - np.tile([tile.x0, tile.y0], 2)) * tile.scale
+               / np.tile([tile.shape[1], tile.shape[0]], 2)).astype(np.float32)
+        points = np.full((1, *raw.keypoints.shape[1:]), 0.5, np.float32)
+        return blazeface.RawDetections(np.vstack([raw.boxes, box[None]]),
+                                       np.concatenate([raw.keypoints, points]),
+                                       np.append(raw.scores, np.float32(0.99)))
+
+    monkeypatch.setattr(det, "_detect_tile", with_big)
+    found = det(portrait, 1.0)
+    assert len(found) == 1
+    np.testing.assert_allclose(found.boxes, alone.boxes, atol=1)
+
+
 def test_a_large_and_a_small_face_are_found_once_each(portrait):
     """A 4000x3000 image with a face of ~200 px and one of ~50 px: two pyramid levels."""
     import cv2
