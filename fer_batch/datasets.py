@@ -6,7 +6,6 @@ annotate run (fer_batch/pipeline.py) and recovery's one-item reruns
 
 from __future__ import annotations
 
-import gc
 import itertools
 import warnings
 from collections.abc import Iterable, Iterator
@@ -95,19 +94,6 @@ def waves(stream: Iterable[pa.Table], max_items: int) -> Iterator[list[pa.Table]
             wave, held = [], 0
     if wave:
         yield wave
-
-
-def release() -> None:
-    """Free the actors of a dataset the caller has just dropped (`del ds`).
-
-    An actor lives as long as a handle to it does, and a run whose tasks failed leaves
-    handles in reference cycles (Ray Data's errors keep their frames): an actor that
-    Ray restarted after its worker died, which the pool no longer tracks and so does not
-    kill, then held a CPU until the interpreter's next cyclic collection, 71 s after a
-    poison run on the test cluster, with the next run short of it. Collected here, its
-    CPU is free about a second after the run ends.
-    """
-    gc.collect()
 
 
 def build_dataset(cfg: AnnotateConfig, spec: Scorer, wave: list[pa.Table], run_id: str,

@@ -23,20 +23,12 @@ import pyarrow as pa
 
 from fer_batch import lease
 from fer_batch.config import AnnotateConfig
-from fer_batch.datasets import (
-    WAVE_ITEMS,
-    block_sizes,
-    blocks,
-    build_dataset,
-    release,
-    waves,
-    work_items,
-)
+from fer_batch.datasets import WAVE_ITEMS, block_sizes, blocks, build_dataset, waves, work_items
 from fer_batch.detect import check_detector
 from fer_batch.manifest import ENTRY_SCHEMA, check_manifest, iter_manifest
 from fer_batch.plan import StatFn, WorkPlan, commit_summary, stat_on_workers
 from fer_batch.progress import Progress
-from fer_batch.recovery import CommitLog, failed_blocks_budget, recover, tolerate_failed_blocks
+from fer_batch.recovery import CommitLog, commit_summaries, failed_blocks_budget, recover
 from fer_batch.registry import Scorer, resolve_scorer, weights_path
 from fer_batch.resources import Resources, reserve_classifiers
 from fer_batch.session import init_ray, quiet_terminal
@@ -132,18 +124,16 @@ def run_waves(cfg: AnnotateConfig, spec: Scorer, store: Store, run_id: str,
     progress = Progress(todo, enabled=cfg.progress)
     try:
         for wave in waves(stream, WAVE_ITEMS):
-            ds = tolerate_failed_blocks(build_dataset(cfg, spec, wave, run_id, resources),
-                                        failed_blocks_budget(len(wave), resources))
             log = CommitLog()
-            try:
-                for summary in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            try:  # the wave's actors are freed before recovery, which needs their CPUs
+                for summary in commit_summaries(
+                        build_dataset(cfg, spec, wave, run_id, resources),
+                        failed_blocks_budget(len(wave), resources)):
                     progress.update(*log.add(summary))
             except Exception:
                 lease.check(store, run_id)  # the clearer error
                 raise
             lease.check(store, run_id)
-            del ds
-            release()  # before recovery, which needs the CPUs the wave's actors held
             progress.update(recover(cfg, spec, run_id, resources, wave, log), 0, 0)
             del wave
             finalize_videos(store, run_id)
