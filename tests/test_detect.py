@@ -67,15 +67,15 @@ def test_the_second_look_scores_faces_high_and_lookalikes_low(portrait, blaze):
     fx, fy, fw, fh = ASTRONAUT_FACE
     for dx, dy, grow in ((0, 0, 1.0), (8, -6, 0.9), (-8, 8, 1.15)):
         box = np.array([fx + dx, fy + dy, fw * grow, fh * grow])
-        assert blaze._second_look(portrait, box) > 0.8, (dx, dy, grow)
+        assert blaze._second_look(portrait, box).scores[0] > 0.8, (dx, dy, grow)
     grey = portrait.mean(axis=2).astype(np.uint8)
-    assert blaze._second_look(grey, np.array(ASTRONAUT_FACE, float)) > 0.7  # grey input too
+    assert blaze._second_look(grey, np.array(ASTRONAUT_FACE, float)).scores[0] > 0.7  # grey
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, portrait.shape, dtype=np.uint8)
     flat = np.full_like(portrait, 128)
     for pixels, box in ((portrait, (300, 330, 120, 120)), (noise, (200, 200, 100, 100)),
                         (flat, (200, 200, 100, 100)), (portrait, (600, 600, 80, 80))):
-        assert blaze._second_look(pixels, np.array(box, float)) < 0.5, box
+        assert blaze._second_look(pixels, np.array(box, float)).scores[0] < 0.5, box
 
 
 def test_min_score_applies_to_the_second_look(portrait):
@@ -86,32 +86,92 @@ def test_min_score_applies_to_the_second_look(portrait):
     assert len(strict(portrait, 1.0)) == 0
 
 
+def _with_candidate(det, monkeypatch, box, score=0.99, only=False):
+    """Make the first look also report `box` (xmin, ymin, xmax, ymax in held pixels), or
+    report only it."""
+    from fer_batch import blazeface
+
+    real = det._detect_tile
+
+    def with_box(pixels, tile):
+        raw = real(pixels, tile)
+        if only:
+            raw = blazeface.RawDetections(raw.boxes[:0], raw.keypoints[:0], raw.scores[:0])
+        norm = ((box - np.tile([tile.x0, tile.y0], 2)) * tile.scale
+                / np.tile([tile.shape[1], tile.shape[0]], 2)).astype(np.float32)
+        points = np.full((1, *raw.keypoints.shape[1:]), 0.5, np.float32)
+        return blazeface.RawDetections(np.vstack([raw.boxes, norm[None]]),
+                                       np.concatenate([raw.keypoints, points]),
+                                       np.append(raw.scores, np.float32(score)))
+
+    monkeypatch.setattr(det, "_detect_tile", with_box)
+
+
+def _iou(a, b) -> float:
+    """IoU of two x, y, w, h boxes."""
+    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
 def test_a_candidate_the_second_look_rejects_hides_no_face_inside_it(portrait, monkeypatch):
     """A box inside a larger face is a part of it (an eye, a mouth) only when the second
     look accepts the larger one: a first-look candidate it rejects, here one around the
     face and her shoulder, must not take the face inside it along."""
-    from fer_batch import blazeface
-
     det = BlazeFaceDetector(DetectConfig())
     alone = det(portrait, 1.0)
     assert len(alone) == 1
     big = np.array([175.0, 55.0, 505.0, 385.0])  # xmin, ymin, xmax, ymax; the face in a corner
-    assert det._second_look(portrait, np.r_[big[:2], big[2:] - big[:2]]) < 0.5
-    real = det._detect_tile
-
-    def with_big(pixels, tile):
-        raw = real(pixels, tile)
-        box = ((big - np.tile([tile.x0, tile.y0], 2)) * tile.scale
-               / np.tile([tile.shape[1], tile.shape[0]], 2)).astype(np.float32)
-        points = np.full((1, *raw.keypoints.shape[1:]), 0.5, np.float32)
-        return blazeface.RawDetections(np.vstack([raw.boxes, box[None]]),
-                                       np.concatenate([raw.keypoints, points]),
-                                       np.append(raw.scores, np.float32(0.99)))
-
-    monkeypatch.setattr(det, "_detect_tile", with_big)
+    assert det._second_look(portrait, np.r_[big[:2], big[2:] - big[:2]]).scores[0] < 0.5
+    _with_candidate(det, monkeypatch, big)
     found = det(portrait, 1.0)
     assert len(found) == 1
     np.testing.assert_allclose(found.boxes, alone.boxes, atol=1)
+
+
+@pytest.mark.parametrize("name, box, only", [
+    # the face in its middle, and the face's own box as well: the face must not be hidden
+    ("around the face and more", [125.0, 15.0, 325.0, 215.0], False),
+    # eyes and nose, the first look's only box there
+    ("around part of the face", [215.0, 95.0, 265.0, 145.0], True),
+])
+def test_a_misframed_candidate_takes_the_second_looks_box(portrait, monkeypatch, name, box,
+                                                          only):
+    """The first look sometimes boxes a face with twice its side around it, or only part of
+    it. The second look sees the face itself there; its box replaces the candidate's, so
+    the face is reported once, at its own size."""
+    det = BlazeFaceDetector(DetectConfig())
+    alone = det(portrait, 1.0)
+    candidate = np.array(box)
+    look = det._second_look(portrait, np.r_[candidate[:2], candidate[2:] - candidate[:2]])
+    assert look.scores[0] >= DetectConfig().min_score, name  # the second look accepts it
+    _with_candidate(det, monkeypatch, candidate, only=only)
+    found = det(portrait, 1.0)
+    assert len(found) == 1, (name, found.boxes)
+    assert _iou(found.boxes[0], alone.boxes[0]) > 0.8, (name, found.boxes, alone.boxes)
+    left, right, nose = found.keypoints[0]
+    assert left[0] > nose[0] > right[0]  # the second look's keypoints, not the candidate's
+
+
+def test_a_second_look_box_under_the_smallest_face_keeps_the_candidates(portrait, monkeypatch):
+    """Where the second look's box is smaller than any face kept (it boxed the eyes of an
+    upsampled small face), the first look's box stands, at the second look's score."""
+    from fer_batch import blazeface
+
+    det = BlazeFaceDetector(DetectConfig())
+    alone = det(portrait, 1.0)
+
+    def eyes_only(pixels, box):
+        x, y = box[0] + box[2] / 2, box[1] + box[3] / 2
+        return blazeface.RawDetections(np.array([[x - 4, y - 4, x + 4, y + 4]], np.float32),
+                                       np.zeros((1, 6, 2), np.float32),
+                                       np.array([0.9], np.float32))
+
+    monkeypatch.setattr(det, "_second_look", eyes_only)
+    found = det(portrait, 1.0)
+    assert len(found) == 1
+    assert _iou(found.boxes[0], alone.boxes[0]) > 0.8 and found.boxes[0][2] > 50
+    np.testing.assert_allclose(found.scores, [0.9])
 
 
 def test_a_large_and_a_small_face_are_found_once_each(portrait):

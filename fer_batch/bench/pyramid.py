@@ -3,7 +3,7 @@ faces in scenes, and the first look's model pixels per photo (a cost that does n
 on how fast the machine is).
 
     python -m fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train \\
-        --scenes 400 --settings 20,4 20,2 24,4 28,4
+        --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65]
 
 Each setting is `finest,factor`: a --min-face face is `finest` model pixels at the finest
 level, and levels are `factor` apart (fer_batch/tiling.py). Use *train* faces to choose.
@@ -33,19 +33,21 @@ def parse_setting(text: str) -> tuple[float, float]:
 
 
 def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: float,
-            factor: float) -> dict[str, Any]:
+            factor: float, min_score: float | None = None) -> dict[str, Any]:
     """One setting's photo counts, scene recall and model pixels per photo."""
     from fer_batch.bench.detectors import count_faces, score_counts
     from fer_batch.bench.scenes import detect_all
     from fer_batch.config import DetectConfig
     from fer_batch.detect import BlazeFaceDetector
 
-    cfg = DetectConfig(detector="blazeface")
+    cfg = DetectConfig(detector="blazeface") if min_score is None else DetectConfig(
+        detector="blazeface", min_score=min_score)
     detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor)
     counts = score_counts(by_eye, count_faces(photos, sorted(by_eye), cfg, detector))
     pixels = detector.pyramid_pixels / max(len(by_eye), 1)
     hits = [d is not None for d in detect_all(scenes, detector)]
-    return {"finest": finest, "factor": factor, "photos_found": counts["found"],
+    return {"finest": finest, "factor": factor, "min_score": cfg.min_score,
+            "photos_found": counts["found"],
             "photos_extra": counts["extra"], "per_file": counts["per_file"],
             "scenes_found": round(float(np.mean(hits)), 4) if hits else None,
             "model_pixels_per_photo": round(pixels)}
@@ -61,12 +63,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--scenes", type=int, default=400, help="faces sampled (0: all)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--settings", nargs="+", default=["20,4", "20,2", "24,4", "28,4"])
+    p.add_argument("--min-score", type=float, default=None,
+                   help="the second look's threshold (default: --min-score's default)")
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
     by_eye = read_by_eye(Path(args.photos) / "manifest.csv")
     scenes = make_scenes(args.faces, args.scenes, args.seed)
     for finest, factor in settings:
-        print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor)), flush=True)
+        print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor, args.min_score)),
+              flush=True)
     return 0
 
 
