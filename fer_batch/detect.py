@@ -228,18 +228,21 @@ BLAZEFACE_REACH = 0.5
 BLAZEFACE_MAX_TILE = 1024
 # Two looks. The pyramid keeps candidates down to BLAZEFACE_CANDIDATE_SCORE; each merged
 # candidate is then cut out with BLAZEFACE_CONTEXT times its side around it, resized to the
-# short-range model's 128x128 input and looked at again: its best face near the crop's
-# centre gives the face's det_score, which must reach --min-score, and its box and
-# keypoints, which replace the candidate's (unless that box is under the smallest face
-# kept, where the candidate's stands: at 24 px a crowd face is upsampled 2.7x and the
-# short-range model boxes its eyes). The two models err on different things: on
-# ../shared/data/photos the first look alone at 0.65 gave 49 of the 54 faces and 3 false
-# boxes; at 0.3 with the second look, 51 and 1 (a jacket's sleeve buttons, 0.70). Taking
-# the second look's box mends the first look's two misframings, a box around a face and
-# its shoulder (which then hid the face inside it) and a box around part of a face: on 400
-# FER-2013 *train* faces in scenes, 91.75% found, not 90.5% with the candidate's box. The
-# accepted faces are merged again (two candidates may find the same face) and boxes nested
-# in a larger face dropped. Costs one 128x128 inference (about 1 ms) per candidate.
+# short-range model's 128x128 input and looked at again, as it is and mirrored:
+# - The face's det_score is the mean of the two views' scores for the face nearest the
+#   crop's centre, and must reach --min-score. One view alone scores lookalikes (textures,
+#   a jacket's buttons) up to 0.17 apart in the two orientations; faces score alike. On
+#   400 FER-2013 *train* scenes, no box off the face scores over 0.59 with the mean, while
+#   one view alone let 7 through at 0.7 (config.DEFAULT_MIN_SCORE has the measurements).
+# - Its box and keypoints replace the candidate's (unless that box is under the smallest
+#   face kept, where the candidate's stands: at 24 px a crowd face is upsampled 2.7x and
+#   the short-range model may box its eyes). That mends the first look's two misframings,
+#   a box around a face and its shoulder (which then hid the face inside it) and a box
+#   around part of a face: on the train scenes, 91.75% found, not 90.5%.
+# The two models err on different things: on ../shared/data/photos the first look alone at
+# 0.65 gave 49 of the 54 faces and 3 false boxes. The accepted faces are merged again (two
+# candidates may find the same face) and boxes nested in a larger face dropped. Costs two
+# 128x128 inferences (about 1 ms each) per candidate.
 BLAZEFACE_CANDIDATE_SCORE = 0.3
 BLAZEFACE_SECOND_MODEL = "short"
 # The second look needs detail: faces are held at least this many pixels wide for it (see
@@ -279,9 +282,10 @@ class BlazeFaceDetector:
     that size. Each tile's detections are decoded and merged (fer_batch/blazeface.py); those
     of every tile are merged again in image pixels with the same weighted non-maximum
     suppression and faces smaller than --min-face (in Haar's convention) dropped. Each
-    face left is looked at again by the short-range model (`_second_look`); that score is
-    its det_score, kept from --min-score up, and boxes nested in a larger kept face are
-    dropped.
+    face left is looked at again by the short-range model (`_second_look`), as it is and
+    mirrored: the mean score is its det_score, kept from --min-score up, and the second
+    look's box and keypoints are its own. Those faces are merged once more, and boxes nested
+    in a larger face dropped.
     """
 
     def __init__(self, cfg: DetectConfig, model: str = BLAZEFACE_MODEL,
@@ -365,7 +369,11 @@ class BlazeFaceDetector:
         size = blazeface.SHORT_RANGE.input_size
         x, y, w, h = (float(v) for v in box)
         k = size / (max(w, h) * BLAZEFACE_CONTEXT)
-        warp = np.array([[k, 0, size / 2 - k * (x + w / 2)], [0, k, size / 2 - k * (y + h / 2)]])
+        # Box coordinates are pixel edges (pixel i spans [i, i + 1)); OpenCV's warp maps
+        # pixel centres, half a pixel in from the edges, so the crop is exactly symmetric
+        # about the box's centre and its mirror image is the mirrored face's crop.
+        shift = np.array([size / 2 - k * (x + w / 2), size / 2 - k * (y + h / 2)])
+        warp = np.array([[k, 0, shift[0] + (k - 1) / 2], [0, k, shift[1] + (k - 1) / 2]])
         crop = cv2.warpAffine(pixels, warp, (size, size), flags=cv2.INTER_AREA,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         raw = self._invoke(self._second, _model_input(crop)[None], self._second_anchors, 0.01)
@@ -379,7 +387,6 @@ class BlazeFaceDetector:
                                self._second_anchors, 0.01)
         mirrored = _centre_face(flipped)
         score = (raw.scores[best] + (0.0 if mirrored is None else flipped.scores[mirrored])) / 2
-        shift = warp[:, 2]
         return blazeface.RawDetections(
             ((raw.boxes[best].reshape(2, 2) * size - shift) / k).reshape(1, 4),
             ((raw.keypoints[best] * size - shift) / k)[None], np.array([score], np.float32))
