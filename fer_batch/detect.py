@@ -83,8 +83,9 @@ HAAR_SIDE = {"haar": 1.0, "mtcnn": 1.0, "blazeface": 0.85}
 # --detector D`: detect -> crop -> classify on FER-2013 *train* faces placed in scenes, the
 # best of a 7x7 grid (README, "Detection"). 2026-12-03, accuracy over all 1500 scenes:
 # haar (1.2, 0.0) 0.526 against 0.463 unframed; blazeface (1.1, -0.15) 0.601 against
-# 0.572. 2026-12-07, once BlazeFace's boxes came from the second look: (1.1, -0.1) 0.661,
-# against 0.657 at (1.1, -0.15). MTCNN: not calibrated (Haar's unframed crop).
+# 0.572. 2026-12-07, once BlazeFace's boxes came from the second look (mirror mean and
+# half-pixel warp included): (1.1, -0.1) 0.672, against 0.669 at (1.1, -0.15) and 0.659 at
+# (1.0, -0.1). MTCNN: not calibrated (Haar's unframed crop).
 FRAMING = {"haar": FaceSide(1.2, 0.0), "mtcnn": FaceSide(),
            "blazeface": FaceSide(1.1, -0.1)}
 COARSE_TO_FINE_SCALE_FACTOR = 1.1
