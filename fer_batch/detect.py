@@ -433,8 +433,10 @@ class BlazeFaceDetector:
         h = max(1, min(rows, round(tile.h * tile.scale)))
         small = region if (w, h) == (tile.w, tile.h) else cv2.resize(
             region, (w, h), interpolation=cv2.INTER_AREA)
-        canvas = np.full((1, rows, cols, 3), -1.0, np.float32)  # padding: black
+        canvas = np.empty((1, rows, cols, 3), np.float32)  # only the padding is filled
         canvas[0, :h, :w] = _model_input(small)
+        canvas[0, h:] = -1.0  # padding: black
+        canvas[0, :h, w:] = -1.0
         return self._invoke(interpreter, canvas, anchors,
                             min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
 
