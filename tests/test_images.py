@@ -83,9 +83,8 @@ def test_other_decodes_stay_with_pillow(opencv_calls, case):
     elif case == "png":
         photo.save(out, "PNG")
     data = out.getvalue() or jpeg()
-    color, min_scale = ("grey", 1.0) if case == "grey output" else ("rgb", 1.0)
-    if case == "reduced":
-        min_scale = 0.5
+    color = "grey" if case == "grey output" else "rgb"
+    min_scale = 0.5 if case == "reduced" else 1.0
     decoded = decode_image(data, 10**8, color, min_scale)
     assert opencv_calls == []
     assert decoded.pixels.ndim == (2 if color == "grey" else 3)
