@@ -3,9 +3,12 @@
 BlazeFace is fully convolutional: run on a larger input, it finds faces of the same size in
 its own pixels (about 20 to 200) anywhere in it. `plan_tiles` builds a pyramid: the finest
 level scales the image so that the smallest face asked for is `smallest` model pixels, and
-each coarser level shrinks by `factor` until the image fits the model's own input. A level
-larger than `max_tile` is cut into overlapping tiles, so memory is bounded by one tile
-whatever the image's size.
+each coarser level shrinks by `factor` until the image fits the model's own input. That
+last level is never smaller than `coarsest` model pixels along the image's long side (still
+within the model's input), upsampling a small image: the largest faces, and a face that
+fills a small image (a face-crop dataset's 48-160 px images), are seen at a size the model
+finds them at, not squeezed to a few dozen pixels. A level larger than `max_tile` is cut
+into overlapping tiles, so memory is bounded by one tile whatever the image's size.
 
 Every level owns one band of box sizes (`Tile.band`), so each face is reported by the level
 that sees it at a size the model handles well; `keep_mask` drops the rest, and every box
@@ -75,12 +78,14 @@ def model_side(value: float) -> int:
 
 
 def plan_tiles(width: int, height: int, native: int, smallest: float, min_box: float,
-               factor: float, max_tile: int, slack: float = BAND_SLACK) -> list[Tile]:
+               factor: float, max_tile: int, slack: float = BAND_SLACK,
+               coarsest: float = 0.0) -> list[Tile]:
     """The tiles of every pyramid level, finest first.
 
     `min_box` is the smallest box side wanted, in image pixels; the finest level maps it to
     `smallest` model pixels (never upsampling the image). `native` is the model's own input
-    side: the last level fits the image into it. Level l reports box sides from where level
+    side: the last level fits the image into it, its long side at least `coarsest` model
+    pixels (upsampled if need be; 0: no floor). Level l reports box sides from where level
     l-1 stops to `smallest * factor`, widened by `slack` on both sides so that a face on a
     boundary is seen twice rather than never (the final merge joins the two).
     """
@@ -92,7 +97,8 @@ def plan_tiles(width: int, height: int, native: int, smallest: float, min_box: f
     lo = 0.0  # in image pixels: where the previous level stopped
     for level in range(64):
         last = scale <= whole
-        scale = min(scale, whole) if last else scale
+        if last:
+            scale = max(scale, min(whole, coarsest / max(width, height, 1)))
         hi = math.inf if last else smallest * factor / scale
         band = (lo * scale / slack, hi * scale * slack)
         window = max(1, math.floor(max_tile / scale))  # image pixels per full tile

@@ -223,7 +223,7 @@ def test_a_face_slid_across_tile_seams_is_found_once_at_every_offset(portrait):
         assert abs(y + h / 2 - (200 + fy + fh / 2)) < 25
         tiles = plan_tiles(1500, 1000, blaze._options.input_size, detect.BLAZEFACE_SMALLEST,
                            cfg.min_face * detect.HAAR_SIDE["blazeface"], detect.BLAZEFACE_FACTOR,
-                           256)
+                           256, coarsest=detect.BLAZEFACE_COARSEST)
         face_x0, face_x1 = x, x + w
         cut += any(t.level == 0 and t.x0 < face_x1 and face_x0 < t.x0 + t.w
                    and not (t.x0 <= face_x0 and face_x1 <= t.x0 + t.w) for t in tiles)
@@ -277,14 +277,18 @@ def test_model_shapes_are_a_few_fixed_sides():
         64, 64, 128, 512, 512, 640, 768, 1024]
 
 
-@pytest.mark.parametrize("width, height", [(1, 1), (10, 10), (640, 480), (4000, 3000),
+@pytest.mark.parametrize("coarsest", [0.0, 128.0])
+@pytest.mark.parametrize("width, height", [(1, 1), (10, 10), (64, 48), (640, 480), (4000, 3000),
                                            (10000, 10000), (30000, 200)])
-def test_tiles_cover_every_face_size_and_place(width, height):
+def test_tiles_cover_every_face_size_and_place(width, height, coarsest):
     """Every face from the smallest asked for up to the image's side, anywhere, lies whole
     inside a tile whose size band reports it; no model input exceeds the largest tile."""
     min_box, smallest, factor = 21.25, 20.0, 4.0
-    tiles = plan_tiles(width, height, 256, smallest, min_box, factor, BLAZEFACE_MAX_TILE)
+    tiles = plan_tiles(width, height, 256, smallest, min_box, factor, BLAZEFACE_MAX_TILE,
+                       coarsest=coarsest)
     assert tiles and all(max(t.shape) <= BLAZEFACE_MAX_TILE for t in tiles)
+    scales = [t.scale for t in tiles]
+    assert scales == sorted(scales, reverse=True)  # finest first, coarser after
     rng = np.random.default_rng(0)
     for _ in range(300):
         side = math.exp(rng.uniform(math.log(min_box), math.log(max(min_box, min(width, height)))))
@@ -300,6 +304,38 @@ def test_tiles_cover_every_face_size_and_place(width, height):
                    * t.scale)
             seen += int(keep_mask(t, box, edge=0.0)[0])
         assert seen >= 1, (width, height, side, x, y)
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (48, 48), (100, 80), (300, 300),
+                                           (640, 480), (4000, 3000)])
+def test_the_last_level_spans_at_least_coarsest_model_pixels_within_the_input(width, height):
+    """A small image is enlarged so that its long side is `coarsest` model pixels; a large
+    one's last level is shrunk no further than that; neither exceeds the model's input."""
+    tiles = plan_tiles(width, height, 256, 20.0, 42.5, 4.0, BLAZEFACE_MAX_TILE, coarsest=128.0)
+    last = tiles[-1]
+    long_side = max(width, height) * last.scale
+    assert 128.0 - 1e-6 <= long_side <= 256 + 1e-6, (width, height, last)
+    assert (last.x0, last.y0, last.w, last.h) == (0, 0, width, height)
+    before = plan_tiles(width, height, 256, 20.0, 42.5, 4.0, BLAZEFACE_MAX_TILE)
+    assert len(before) == len(tiles) and tiles[:-1] == before[:-1]  # finer levels unchanged
+    assert last.scale >= before[-1].scale
+
+
+@pytest.mark.parametrize("side", [48, 64, 100])
+def test_a_face_that_fills_a_small_image_is_found(portrait, blaze, side):
+    """A face-crop image (a dataset of faces cut out, as FER-2013's 48 px ones) is one face:
+    the pyramid's last level enlarges it, where shrinking it like a large image lost it."""
+    import cv2
+
+    fx, fy, fw, fh = ASTRONAUT_FACE
+    crop = portrait[fy - 10:fy + fh + 10, fx:fx + fw + 20]  # the face, a little margin
+    image = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+    det = blaze(image, 1.0)
+    assert len(det) == 1, (side, det.boxes)
+    x, y, w, h = det.boxes[0]
+    assert w > side / 2 and _inside((x + w / 2, y + h / 2), (0, 0, side, side))
+    eyes = det.keypoints[0, :2]
+    assert np.isfinite(eyes).all() and eyes[0, 0] > eyes[1, 0]  # subject's left on the right
 
 
 def test_keep_mask_drops_boxes_on_inner_edges_and_outside_the_band():
@@ -435,7 +471,7 @@ def test_pyramid_pixels_count_every_first_look_input_of_the_plan(portrait):
         det(portrait, 1.0)
         min_box = DetectConfig().min_face * detect.HAAR_SIDE["blazeface"]
         tiles = plan_tiles(portrait.shape[1], portrait.shape[0], 256, finest, min_box, factor,
-                           detect.BLAZEFACE_MAX_TILE)
+                           detect.BLAZEFACE_MAX_TILE, coarsest=detect.BLAZEFACE_COARSEST)
         assert det.pyramid_pixels - before == sum(t.shape[0] * t.shape[1] for t in tiles) > 0
 
 
@@ -446,3 +482,28 @@ def test_a_bad_pyramid_setting_names_the_option_and_echoes_it(text):
     with pytest.raises(ValueError, match=r"--settings.*" + repr(text)):
         parse_setting(text)
     assert parse_setting("24,4") == (24.0, 4.0)
+
+
+def test_a_bad_coarsest_names_the_option_and_echoes_it():
+    from fer_batch.bench.pyramid import main
+
+    with pytest.raises(ValueError, match=r"--coarsest must be >= 0; received: -1\.0"):
+        main(["photos", "faces", "--coarsest", "128", "-1"])
+
+
+def test_face_crop_images_hold_one_face_at_each_size_and_border(tmp_path):
+    """The pyramid bench's face-crop images: every sampled face at every size, bare and with
+    a border, its box where the face lies."""
+    from fer_batch.bench.scenes import CROP_BORDERS, CROP_SIDES, make_crops
+    from tests.test_train_data import make_folder
+
+    groups = make_crops(str(make_folder(tmp_path, per_class=2)), limit=5, seed=0)
+    assert list(groups) == [f"{s}px" + (f"+{b:g}" if b else "")
+                            for s in CROP_SIDES for b in CROP_BORDERS]
+    for name, scenes in groups.items():
+        assert len(scenes) == 5
+        for scene in scenes:
+            x, y, w, h = scene.box
+            assert w == h == int(name.split("px")[0]) and x == y
+            assert scene.pixels.shape == (w + 2 * x, w + 2 * x, 3)
+    assert [s.label for s in groups["48px"]] == [s.label for s in groups["200px+0.25"]]

@@ -1,12 +1,13 @@
 """BlazeFace's pyramid settings side by side: recall on photos counted by eye, on FER-2013
-faces in scenes, and the first look's model pixels per photo (a cost that does not depend
-on how fast the machine is).
+faces in scenes and as face-crop images of their own, and the first look's model pixels per
+photo (a cost that does not depend on how fast the machine is).
 
     python -m fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train \\
-        --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65]
+        --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65] [--coarsest 0 128]
 
 Each setting is `finest,factor`: a --min-face face is `finest` model pixels at the finest
-level, and levels are `factor` apart (fer_batch/tiling.py). Use *train* faces to choose.
+level, and levels are `factor` apart (fer_batch/tiling.py); each runs once per `--coarsest`
+(the last level's least long side, in model pixels). Use *train* faces to choose.
 """
 
 from __future__ import annotations
@@ -33,29 +34,34 @@ def parse_setting(text: str) -> tuple[float, float]:
 
 
 def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: float,
-            factor: float, min_score: float | None = None) -> dict[str, Any]:
-    """One setting's photo counts, scene recall and model pixels per photo."""
+            factor: float, min_score: float | None = None, coarsest: float | None = None,
+            crops: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """One setting's photo counts, scene recall, face-crop recall (per crop size) and model
+    pixels per photo."""
     from fer_batch.bench.detectors import count_faces, score_counts
     from fer_batch.bench.scenes import detect_all
     from fer_batch.config import DetectConfig
-    from fer_batch.detect import BlazeFaceDetector
+    from fer_batch.detect import BLAZEFACE_COARSEST, BlazeFaceDetector
 
     cfg = DetectConfig(detector="blazeface") if min_score is None else DetectConfig(
         detector="blazeface", min_score=min_score)
-    detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor)
+    coarsest = BLAZEFACE_COARSEST if coarsest is None else coarsest
+    detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor, coarsest=coarsest)
     counts = score_counts(by_eye, count_faces(photos, sorted(by_eye), cfg, detector))
     pixels = detector.pyramid_pixels / max(len(by_eye), 1)
     hits = [d is not None for d in detect_all(scenes, detector)]
-    return {"finest": finest, "factor": factor, "min_score": cfg.min_score,
-            "photos_found": counts["found"],
+    found = {name: round(float(np.mean([d is not None for d in detect_all(group, detector)])), 4)
+             for name, group in (crops or {}).items()}
+    return {"finest": finest, "factor": factor, "coarsest": coarsest,
+            "min_score": cfg.min_score, "photos_found": counts["found"],
             "photos_extra": counts["extra"], "per_file": counts["per_file"],
             "scenes_found": round(float(np.mean(hits)), 4) if hits else None,
-            "model_pixels_per_photo": round(pixels)}
+            "crops_found": found, "model_pixels_per_photo": round(pixels)}
 
 
 def main(argv: list[str]) -> int:
     from fer_batch.bench.detectors import read_by_eye
-    from fer_batch.bench.scenes import make_scenes
+    from fer_batch.bench.scenes import make_crops, make_scenes
 
     p = argparse.ArgumentParser(prog="python -m fer_batch.bench.pyramid")
     p.add_argument("photos", help="a folder of photos with a by-eye manifest.csv")
@@ -65,13 +71,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--settings", nargs="+", default=["20,4", "20,2", "24,4", "28,4"])
     p.add_argument("--min-score", type=float, default=None,
                    help="the second look's threshold (default: --min-score's default)")
+    p.add_argument("--coarsest", type=float, nargs="+", default=[None],
+                   help="the last level's least long side in model pixels, one run each "
+                        "(default: the detector's; 0: no floor)")
+    p.add_argument("--crops", type=int, default=150,
+                   help="faces sampled as face-crop images of each size (0: none)")
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
+    for value in args.coarsest:
+        if value is not None and value < 0:
+            raise ValueError(f"--coarsest must be >= 0; received: {value!r}")
     by_eye = read_by_eye(Path(args.photos) / "manifest.csv")
     scenes = make_scenes(args.faces, args.scenes, args.seed)
+    crops = make_crops(args.faces, args.crops, args.seed) if args.crops else {}
     for finest, factor in settings:
-        print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor, args.min_score)),
-              flush=True)
+        for coarsest in args.coarsest:
+            print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor,
+                                     args.min_score, coarsest, crops)), flush=True)
     return 0
 
 

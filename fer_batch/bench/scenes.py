@@ -91,6 +91,30 @@ def make_scenes(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
     return scenes
 
 
+CROP_SIDES = (48, 64, 100, 128, 200)  # face-crop images: FER-2013's own 48 px and larger
+CROP_BORDERS = (0.0, 0.25)  # a border of this share of the face's side on each side
+
+
+def make_crops(root: str, limit: int = 150, seed: int = 0) -> dict[str, list[Scene]]:
+    """Faces as images of their own, as face-crop datasets hold them: each sampled face at
+    every side in CROP_SIDES, bare and with a CROP_BORDERS border (edge pixels repeated),
+    grouped by name ("48px", "48px+0.25")."""
+    import cv2
+
+    faces = [(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), label)
+             for path, label in labelled_files(root, limit, seed)]
+    groups: dict[str, list[Scene]] = {}
+    for side in CROP_SIDES:
+        for border in CROP_BORDERS:
+            name = f"{side}px" + (f"+{border:g}" if border else "")
+            pad = int(border * side)
+            groups[name] = [Scene(np.repeat(cv2.copyMakeBorder(
+                cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC),
+                pad, pad, pad, pad, cv2.BORDER_REPLICATE)[:, :, None], 3, axis=2),
+                (pad, pad, side, side), label) for face, label in faces]
+    return groups
+
+
 def _iou(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """IoU of x, y, w, h boxes `a` (n, 4) with one box."""
     x, y, w, h = box
