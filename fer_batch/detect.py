@@ -234,7 +234,7 @@ BLAZEFACE_MAX_TILE = 1024
 # fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train --settings 20,4
 # --coarsest 0 96 128 160 --scenes 800 --seed 3` (150 *train* faces as images of 48, 64, 100,
 # 128 and 200 px, bare and with a border): no floor found 0-5% at 48 and 64 px, 46% at 100;
-# 96, 128 and 160 found 95-99% at every size, alike within the sample (92-96% on a second
+# 96, 128 and 160 found 95-99% at every size, alike within the sample (89-96% on a second
 # sample, seed 11). The shared photos (52 found, 1 extra) and the train scenes (92%) are
 # unchanged, for 0.4% more model pixels per photo. 128 is the middle of that plateau.
 BLAZEFACE_COARSEST = 128.0

@@ -10,6 +10,7 @@ The same scenes calibrate each detector's framing (`calibrate`): how its box rel
 Haar box (`detect.FaceSide`), chosen on *train* faces and reported on val faces.
 
     python -m fer_batch.bench.scenes ../shared/data/fer2013/val --detector blazeface
+    python -m fer_batch.bench.scenes ../shared/data/fer2013/val --bare  # files as they are
 """
 
 from __future__ import annotations
@@ -89,6 +90,19 @@ def make_scenes(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
         pixels[y:y + side, x:x + side] = big[:, :, None]
         scenes.append(Scene(pixels, (x, y, side, side), label))
     return scenes
+
+
+def bare_faces(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
+    """Each face image as it is (FER-2013's 48x48 files), the face its whole image: how a
+    user running fer-batch on a face-crop dataset sees it."""
+    import cv2
+
+    out = []
+    for path, label in labelled_files(root, limit, seed):
+        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        out.append(Scene(np.repeat(face[:, :, None], 3, axis=2),
+                         (0, 0, face.shape[1], face.shape[0]), label))
+    return out
 
 
 CROP_SIDES = (48, 64, 100, 128, 200)  # face-crop images: FER-2013's own 48 px and larger
@@ -190,11 +204,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, default=0, help="faces sampled (0: all)")
     p.add_argument("--calibrate", action="store_true",
                    help="search the framing (ratio, dy) instead of scoring the current one")
+    p.add_argument("--bare", action="store_true",
+                   help="the face images as they are, not placed in scenes")
     args = p.parse_args(argv)
     spec = resolve_model(args.model)
     model = load_keras_model(spec)
     detector = make_detector(DetectConfig(detector=args.detector))
-    scenes = make_scenes(args.faces, args.limit)
+    scenes = (bare_faces if args.bare else make_scenes)(args.faces, args.limit)
     started = time.perf_counter()
     found = detect_all(scenes, detector)
     detect_s = time.perf_counter() - started
@@ -202,8 +218,8 @@ def main(argv: list[str]) -> int:
         out = calibrate(scenes, found, spec, model, CALIBRATION_RATIOS, CALIBRATION_OFFSETS)
     else:
         out = score(scenes, found, spec, model)
-    out.update(detector=args.detector, data=args.faces, detect_ms_per_scene=round(
-        1000 * detect_s / len(scenes), 2))
+    out.update(detector=args.detector, data=args.faces, bare=args.bare,
+               detect_ms_per_scene=round(1000 * detect_s / len(scenes), 2))
     print(json.dumps(out, indent=2))
     return 0
 
