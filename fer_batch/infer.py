@@ -5,7 +5,8 @@ Faces gathered from many images and frames are classified in model calls of
 only up to a multiple of PAD_QUANTUM, so a compiled graph sees at most
 batch_size / PAD_QUANTUM shapes (TensorFlow's predict function also relaxes its
 batch dimension after two), and little of each call is padding: on CPU a call
-costs in proportion to its size. Backend-neutral Keras only.
+costs in proportion to its size. Backend-neutral Keras only; on CPU, an entry that has a
+LiteRT export runs through it instead, without TensorFlow (fer_batch/litert.py).
 
 Test-time augmentation (a registry entry's `tta`) classifies every face as several views
 and averages their probabilities; the views of a face go into the same model call as
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from fer_batch.litert import load_scoring_model
 from fer_batch.preprocess import scale_batch
-from fer_batch.registry import ModelSpec, Scorer, load_keras_model, split_crops
+from fer_batch.registry import ModelSpec, Scorer, split_crops
 
 PAD_QUANTUM = 32
 # ten-crop: the four corners and the centre, each TEN_CROP_SIDE of the face's side and
@@ -106,10 +108,11 @@ class Classifier:
     """Holds the loaded model(s) of one scorer per actor; counts model calls so tests can
     check batching."""
 
-    def __init__(self, spec: Scorer, batch_size: int, storage_options: dict | None = None):
+    def __init__(self, spec: Scorer, batch_size: int, storage_options: dict | None = None,
+                 gpu: bool = False):
         self.spec = spec
         self.batch_size = batch_size
-        self.models = [load_keras_model(m, storage_options) for m in spec.members]
+        self.models = [load_scoring_model(m, storage_options, gpu) for m in spec.members]
         self.calls = 0
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

@@ -78,6 +78,10 @@ class ModelSpec:
     accuracy: dict[str, Any] = field(default_factory=dict)
     card: str | None = None
     tta: Tta = "none"
+    # The same model exported to LiteRT (fer_batch/litert.py), run on CPU without
+    # TensorFlow; a file relative to the registry, checked against litert_sha256.
+    litert: str | None = None
+    litert_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.tta not in TTAS:
@@ -133,6 +137,9 @@ class ModelSpec:
         weights = str(raw["weights"])
         if base_dir is not None and _is_relative_path(weights):
             weights = str((base_dir / weights).resolve())
+        litert = raw.get("litert")
+        if litert is not None and base_dir is not None and _is_relative_path(str(litert)):
+            litert = str((base_dir / str(litert)).resolve())
         return cls(
             name=str(raw["name"]),
             architecture=str(raw["architecture"]),
@@ -146,6 +153,8 @@ class ModelSpec:
             accuracy=dict(raw.get("accuracy", {})),
             card=raw.get("card"),
             tta=raw.get("tta", "none"),
+            litert=litert,
+            litert_sha256=raw.get("litert_sha256"),
         )
 
 

@@ -84,7 +84,11 @@ class ClassifyStage:
     """Classify every face of a batch of work items in batched calls."""
 
     def __init__(self, cfg: AnnotateConfig, spec: Scorer, run_id: str) -> None:
-        self.classifier = Classifier(spec, cfg.batch_size, cfg.storage_options)
+        import ray
+
+        # Keras on the GPU Ray gave this actor; on CPU, the model's LiteRT file if it has one
+        gpu = bool(ray.get_gpu_ids())
+        self.classifier = Classifier(spec, cfg.batch_size, cfg.storage_options, gpu)
         self.node_id = _node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

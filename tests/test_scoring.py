@@ -103,7 +103,8 @@ def test_ensemble_crops_each_member_its_own_way_from_one_box():
 def test_an_ensemble_averages_its_members_each_with_its_own_tta(monkeypatch):
     a = _spec("none", (8, 8, 1), "a")
     b = _spec("flip", (8, 8, 1), "b")
-    monkeypatch.setattr(infer, "load_keras_model", lambda spec, options=None: SideModel())
+    monkeypatch.setattr(infer, "load_scoring_model",
+                        lambda spec, options=None, gpu=False: SideModel())
     classifier = Classifier(Ensemble((a, b)), batch_size=64)
     faces = np.zeros((3, 8, 8, 1), np.uint8)
     faces[:, :, :4] = 255

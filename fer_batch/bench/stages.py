@@ -178,15 +178,21 @@ def time_video(entry: dict[str, Any], vcfg: VideoConfig, detect: DetectConfig, s
 
 def time_classify(spec: Any, faces: np.ndarray, batch_sizes: tuple[int, ...], repeat: int,
                   notes: list[str]) -> dict[str, Any]:
-    """Seconds per face at each batch size, in full batches, with TensorFlow on one thread."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    """Seconds per face at each batch size, in full batches, on one thread, with what a CPU
+    classification actor runs: the model's LiteRT file if it has one, else Keras."""
     from fer_batch.infer import classify
-    from fer_batch.registry import load_keras_model
+    from fer_batch.litert import load_scoring_model
 
-    model = load_keras_model(spec)
+    if spec.litert:
+        threads = "LiteRT on one thread, process pinned to one core"
+    else:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        threads = ("TensorFlow intra/inter-op threads set to 1 before start, process pinned "
+                   "to one core")
+    model = load_scoring_model(spec)
     if not len(faces):
         notes.append("no faces found: classification timed on blank crops")
         faces = np.zeros((1, *spec.input_shape), np.uint8)
@@ -201,8 +207,7 @@ def time_classify(spec: Any, faces: np.ndarray, batch_sizes: tuple[int, ...], re
             classify(model, tiled, spec, batch)
             best = min(best, time.perf_counter() - start)
         per_face[str(batch)] = best / n
-    return {"per_face_s": per_face, "threads": "TensorFlow intra/inter-op threads set to 1 "
-            "before start, process pinned to one core"}
+    return {"per_face_s": per_face, "threads": threads}
 
 
 def ceiling(stages: dict[str, Any], cores: int, batch_size: int) -> dict[str, Any]:
