@@ -121,9 +121,10 @@ class ModelSpec:
         return self.preprocessing.color
 
     def describe(self) -> dict[str, Any]:
-        """What _run.json and reports record about the model."""
+        """What _run.json and reports record about the model (its LiteRT file's sha256 too:
+        CPU actors classify with it)."""
         return {"name": self.name, "architecture": self.architecture, "sha256": self.sha256,
-                "weights": self.weights, "tta": self.tta}
+                "weights": self.weights, "tta": self.tta, "litert_sha256": self.litert_sha256}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
