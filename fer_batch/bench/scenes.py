@@ -92,17 +92,18 @@ def make_scenes(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
     return scenes
 
 
+def _grey_faces(root: str, limit: int, seed: int) -> list[tuple[np.ndarray, int]]:
+    import cv2
+
+    return [(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), label)
+            for path, label in labelled_files(root, limit, seed)]
+
+
 def bare_faces(root: str, limit: int = 0, seed: int = 0) -> list[Scene]:
     """Each face image as it is (FER-2013's 48x48 files), the face its whole image: how a
     user running fer-batch on a face-crop dataset sees it."""
-    import cv2
-
-    out = []
-    for path, label in labelled_files(root, limit, seed):
-        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        out.append(Scene(np.repeat(face[:, :, None], 3, axis=2),
-                         (0, 0, face.shape[1], face.shape[0]), label))
-    return out
+    return [Scene(np.repeat(face[:, :, None], 3, axis=2), (0, 0, face.shape[1], face.shape[0]),
+                  label) for face, label in _grey_faces(root, limit, seed)]
 
 
 CROP_SIDES = (48, 64, 100, 128, 200)  # face-crop images: FER-2013's own 48 px and larger
@@ -115,8 +116,7 @@ def make_crops(root: str, limit: int = 150, seed: int = 0) -> dict[str, list[Sce
     grouped by name ("48px", "48px+0.25")."""
     import cv2
 
-    faces = [(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), label)
-             for path, label in labelled_files(root, limit, seed)]
+    faces = _grey_faces(root, limit, seed)
     groups: dict[str, list[Scene]] = {}
     for side in CROP_SIDES:
         for border in CROP_BORDERS:
