@@ -484,11 +484,13 @@ def test_a_bad_pyramid_setting_names_the_option_and_echoes_it(text):
     assert parse_setting("24,4") == (24.0, 4.0)
 
 
-def test_a_bad_coarsest_names_the_option_and_echoes_it():
+def test_a_bad_coarsest_or_crops_names_the_option_and_echoes_it():
     from fer_batch.bench.pyramid import main
 
     with pytest.raises(ValueError, match=r"--coarsest must be >= 0; received: -1\.0"):
         main(["photos", "faces", "--coarsest", "128", "-1"])
+    with pytest.raises(ValueError, match=r"--crops must be >= 0; received: -3"):
+        main(["photos", "faces", "--crops", "-3"])
 
 
 def test_face_crop_images_hold_one_face_at_each_size_and_border(tmp_path):

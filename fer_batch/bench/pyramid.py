@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
     for value in args.coarsest:
         if value is not None and value < 0:
             raise ValueError(f"--coarsest must be >= 0; received: {value!r}")
+    if args.crops < 0:
+        raise ValueError(f"--crops must be >= 0; received: {args.crops!r}")
     by_eye = read_by_eye(Path(args.photos) / "manifest.csv")
     scenes = make_scenes(args.faces, args.scenes, args.seed)
     crops = make_crops(args.faces, args.crops, args.seed) if args.crops else {}
