@@ -10,6 +10,9 @@ on CPU; on a GPU, and for entries without one, Keras runs the model.
 The file is made from the Keras weights, and a test holds the two to the same outputs:
 
     python -m fer_batch.litert fer-mini-xception fer_batch/models/fer-mini-xception.tflite
+
+`fer-batch train` writes one beside every model it trains (fer_batch/train/export.py), after
+the same check (`export_checked`), so a trained model classifies on CPU without TensorFlow too.
 """
 
 from __future__ import annotations
@@ -67,10 +70,32 @@ def load_scoring_model(spec: ModelSpec, storage_options: dict[str, Any] | None =
     return load_keras_model(spec, storage_options)
 
 
-def export(spec: ModelSpec, out: Path) -> str:
-    """Write the spec's Keras model as a LiteRT file; its sha256."""
-    load_keras_model(spec).export(str(out), format="litert")
+# How far the export's probabilities may be from Keras's (the default model's: 2e-6).
+EXPORT_TOLERANCE = 1e-4
+
+
+def export_checked(model: Any, spec: ModelSpec, out: Path, n: int = 8, seed: int = 0) -> str:
+    """Write the Keras `model` (the spec's) as a LiteRT file at `out`, then hold its
+    probabilities to Keras's on `n` random faces, preprocessed as the spec's are, within
+    EXPORT_TOLERANCE; its sha256. Raises RuntimeError, leaving no file, when they differ."""
+    from fer_batch.preprocess import scale_batch
+
+    model.export(str(out), format="litert")
+    rng = np.random.default_rng(seed)
+    x = scale_batch(rng.integers(0, 256, (n, *spec.input_shape), dtype=np.uint8),
+                    spec.preprocessing)
+    gap = float(np.abs(LiteRTModel(out).predict_on_batch(x)
+                       - np.asarray(model.predict_on_batch(x))).max())
+    if not gap <= EXPORT_TOLERANCE:
+        out.unlink()
+        raise RuntimeError(f"the LiteRT export of {spec.name!r} differs from the Keras model "
+                           f"by {gap:.3g} in probability (allowed: {EXPORT_TOLERANCE})")
     return sha256_of(out)
+
+
+def export(spec: ModelSpec, out: Path) -> str:
+    """Write the spec's Keras model as a LiteRT file (checked); its sha256."""
+    return export_checked(load_keras_model(spec), spec, out)
 
 
 def main(argv: list[str]) -> int:

@@ -53,6 +53,49 @@ def test_an_entry_without_a_litert_file_runs_keras(spec):
     assert not isinstance(load_scoring_model(replace(spec, litert=None)), LiteRTModel)
 
 
+class _Exports:
+    """A stand-in Keras model: `export` writes `lite` (a real LiteRT file), and
+    `predict_on_batch` gives `probs`, or raises when `fails`."""
+
+    def __init__(self, lite: Path, probs=None, fails: bool = False) -> None:
+        self.lite, self.probs, self.fails = lite, probs, fails
+
+    def export(self, path: str, format: str) -> None:
+        assert format == "litert"
+        if self.fails:
+            raise ValueError("the converter cannot lower this op")
+        Path(path).write_bytes(self.lite.read_bytes())
+
+    def predict_on_batch(self, x):
+        return self.probs(x)
+
+
+def test_a_checked_export_keeps_a_file_that_agrees_and_drops_one_that_does_not(spec, tmp_path):
+    from fer_batch.litert import export_checked
+    from fer_batch.registry import sha256_of
+
+    lite, keras_model = litert_path(spec), load_keras_model(spec)
+    out = tmp_path / "ok.tflite"
+    agrees = _Exports(lite, keras_model.predict_on_batch)
+    assert export_checked(agrees, spec, out) == sha256_of(lite)
+    uniform = _Exports(lite, lambda x: np.full((len(x), 7), 1 / 7, np.float32))
+    with pytest.raises(RuntimeError, match="LiteRT export of 'fer-mini-xception' differs"):
+        export_checked(uniform, spec, tmp_path / "bad.tflite")
+    assert not (tmp_path / "bad.tflite").exists()
+
+
+def test_training_keeps_the_keras_model_when_the_export_fails(spec, tmp_path, capsys):
+    from fer_batch.train.export import with_litert
+
+    bare = replace(spec, litert=None, litert_sha256=None)
+    assert with_litert(_Exports(litert_path(spec), fails=True), bare, tmp_path) == bare
+    assert list(tmp_path.iterdir()) == []
+    assert "no LiteRT export (ValueError: the converter cannot lower" in capsys.readouterr().err
+    kept = with_litert(_Exports(litert_path(spec), load_keras_model(spec).predict_on_batch),
+                       bare, tmp_path)
+    assert (kept.litert, kept.litert_sha256) == ("fer-mini-xception.tflite", spec.litert_sha256)
+
+
 def test_a_litert_file_failing_its_sha256_names_the_file(spec, tmp_path):
     with pytest.raises(ValueError, match=r"fer-mini-xception\.tflite fails the sha256 check"):
         litert_path(replace(spec, litert_sha256="0" * 64))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fer_batch.config import TrainConfig
+from fer_batch.litert import LiteRTModel, load_scoring_model
 from fer_batch.registry import load_keras_model, resolve_model, weights_path
 from fer_batch.train.archs import ARCHS
 from fer_batch.train.driver import fit, load_datasets, make_plan, resolve_arch, target_spec
@@ -57,6 +58,13 @@ def test_two_workers_one_epoch_then_resume(ray_session, data, tmp_path):
     assert "## Training curves" in (out / "card.md").read_text()
     model = load_keras_model(spec)
     assert model.predict_on_batch(np.zeros((2, 32, 32, 1), np.float32)).shape == (2, 7)
+    # CPU annotate runs the checked LiteRT export written beside it, without TensorFlow
+    assert Path(spec.litert) == (out / "model.tflite").resolve()
+    lite = load_scoring_model(spec)
+    assert isinstance(lite, LiteRTModel)
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(lite.predict_on_batch(x), model.predict_on_batch(x), atol=1e-4)
+    assert "LiteRT export: `model.tflite`" in (out / "card.md").read_text()
 
     second = run_train(replace(cfg, epochs=2))
     assert [h["epoch"] for h in second["history"]] == [0, 1]

@@ -1,6 +1,7 @@
 """Write a trained model directory that `resolve_model(DIR)` (and so annotate) can use.
 
-The directory holds the `.keras` model (no optimizer state), ``registry.json`` (a
+The directory holds the `.keras` model (no optimizer state), its LiteRT export (checked
+against it; CPU classification runs it without TensorFlow), ``registry.json`` (a
 `ModelSpec` whose weights path is relative), a markdown model card, the per-epoch
 curves and the validation confusion matrix as PNGs, and the validation report.
 Validation numbers come from `evaluate_model`, the same code as `fer-batch evaluate`.
@@ -9,6 +10,7 @@ Validation numbers come from `evaluate_model`, the same code as `fer-batch evalu
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from typing import Any
 
 from fer_batch.config import TrainConfig
 from fer_batch.evaluate import evaluate_model, plot_confusion
+from fer_batch.litert import EXPORT_TOLERANCE, export_checked
 from fer_batch.registry import ENTRY_FILE, ModelSpec, sha256_of
 from fer_batch.schema import EMOTIONS
 from fer_batch.train.loop import MODEL_FILE, STATE_FILE, TrainState
@@ -25,6 +28,7 @@ CARD_FILE = "card.md"
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion.png"
 VAL_REPORT_FILE = "val_report.json"
+LITERT_SUFFIX = ".tflite"
 EVAL_BATCH = 256
 
 
@@ -94,6 +98,9 @@ def card_text(cfg: TrainConfig, spec: ModelSpec, counts: list[int],
         f"```json\n{json.dumps(config, indent=1)}\n```\n",
         f"Preprocessing (identical at inference): `{json.dumps(spec.to_dict()['preprocessing'])}`,"
         f" input {list(spec.input_shape)}.\n",
+        (f"LiteRT export: `{spec.litert}`, held to the Keras model's probabilities within "
+         f"{EXPORT_TOLERANCE}; CPU classification runs it without TensorFlow.\n"
+         if spec.litert else "No LiteRT export: CPU classification runs the Keras model.\n"),
         "## Training curves\n",
         f"![curves]({CURVES_FILE})\n",
         _table(epochs, keys),
@@ -128,6 +135,21 @@ def upload(local: Path, output: str, storage_options: dict[str, Any]) -> None:
         fs.put_file(str(path), f"{root.rstrip('/')}/{path.name}")
 
 
+def with_litert(model: Any, spec: ModelSpec, local: Path) -> ModelSpec:
+    """The spec with a checked LiteRT export of `model` in `local` (fer_batch/litert.py), so
+    that CPU annotate runs it without TensorFlow; unchanged, saying why on stderr, when the
+    export fails (Keras exports LiteRT from the TensorFlow backend) or differs from Keras."""
+    out = local / f"{spec.name}{LITERT_SUFFIX}"
+    try:
+        digest = export_checked(model, spec, out)
+    except Exception as e:  # a converter error of any kind: the Keras model still works
+        out.unlink(missing_ok=True)
+        print(f"fer-batch train: no LiteRT export ({type(e).__name__}: {e}); annotate will "
+              "run the Keras model on CPU too", file=sys.stderr)
+        return spec
+    return replace(spec, litert=out.name, litert_sha256=digest)
+
+
 def export_model(cfg: TrainConfig, spec: ModelSpec, checkpoint: Any, counts: list[int],
                  cv: dict[str, Any] | None) -> dict[str, Any]:
     """Turn the final checkpoint into the output directory; return a summary."""
@@ -142,6 +164,7 @@ def export_model(cfg: TrainConfig, spec: ModelSpec, checkpoint: Any, counts: lis
         model.save(weights)
         trained = replace(spec, weights=weights.name, sha256=sha256_of(weights), card=CARD_FILE,
                           provenance=provenance(cfg, spec))
+        trained = with_litert(model, trained, local)
         report = None
         if cfg.val:
             report = evaluate_model(model, trained, cfg.val, cfg.storage_options, EVAL_BATCH,
