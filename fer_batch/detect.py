@@ -331,9 +331,10 @@ class BlazeFaceDetector:
         tiles = plan_tiles(pixels.shape[1], pixels.shape[0], self._options.input_size,
                            self._smallest, min_box, self._factor, self._max_tile,
                            coarsest=self._coarsest)
-        found = []
+        found, whole = [], {}
         for tile in tiles:
-            raw = blazeface.weighted_nms(self._detect_tile(pixels, tile))
+            raw = blazeface.weighted_nms(self._detect_tile(_tile_pixels(pixels, tile, whole),
+                                                           tile))
             box_px = raw.boxes * np.tile([tile.shape[1], tile.shape[0]], 2)
             keep = keep_mask(tile, box_px)
             origin = np.array([tile.x0, tile.y0], np.float64)
@@ -436,26 +437,46 @@ class BlazeFaceDetector:
                    for o in interpreter.get_output_details()}
         return blazeface.decode(outputs[16], outputs[1], anchors, canvas.shape[1:3], min_score)
 
-    def _detect_tile(self, pixels: np.ndarray, tile: Any) -> Any:
-        """One tile's detections, normalised to its model input: crop, resize, pad, run."""
-        import cv2
-
+    def _detect_tile(self, small: np.ndarray, tile: Any) -> Any:
+        """One tile's detections, normalised to its model input: its pixels at its scale
+        (`_tile_pixels`), padded, run."""
         rows, cols = tile.shape
         interpreter, anchors = self._runner(rows, cols)
         self.pyramid_pixels += rows * cols
-        region = pixels[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w]
-        w = max(1, min(cols, round(tile.w * tile.scale)))
-        h = max(1, min(rows, round(tile.h * tile.scale)))
-        # Area averaging to shrink; bilinear to enlarge a small image's last level (area
-        # resampling enlarges much like nearest neighbour).
-        small = region if (w, h) == (tile.w, tile.h) else cv2.resize(
-            region, (w, h), interpolation=cv2.INTER_AREA if w < tile.w else cv2.INTER_LINEAR)
+        h, w = small.shape[:2]
         canvas = np.empty((1, rows, cols, 3), np.float32)  # only the padding is filled
         canvas[0, :h, :w] = _model_input(small)
         canvas[0, h:] = -1.0  # padding: black
         canvas[0, :h, w:] = -1.0
         return self._invoke(interpreter, canvas, anchors,
                             min(BLAZEFACE_CANDIDATE_SCORE, self._cfg.min_score))
+
+
+def _tile_pixels(pixels: np.ndarray, tile: Any, whole: dict[int, np.ndarray]) -> np.ndarray:
+    """`tile`'s window of `pixels` at the tile's scale (no padding). Area averaging to
+    shrink; bilinear to enlarge a small image's last level (area resampling enlarges much
+    like nearest neighbour). A level that is one tile holds the whole image: it is kept in
+    `whole`, and the next level, if it is one tile too, is shrunk from it, a pass over an
+    image 16 times smaller than the original (7% of the detect step on the shared photos,
+    with the same faces). A tiled level resizes each window from the original, so memory
+    stays bounded by one tile."""
+    import cv2
+
+    w = max(1, min(tile.shape[1], round(tile.w * tile.scale)))
+    h = max(1, min(tile.shape[0], round(tile.h * tile.scale)))
+    one_tile = (tile.w, tile.h) == pixels.shape[1::-1]
+    previous = whole.get(tile.level - 1)
+    source = pixels[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w]
+    if one_tile and previous is not None and w < previous.shape[1]:
+        source = previous
+    if (w, h) == source.shape[1::-1]:
+        small = source
+    else:
+        small = cv2.resize(source, (w, h), interpolation=cv2.INTER_AREA
+                           if w < source.shape[1] else cv2.INTER_LINEAR)
+    if one_tile:
+        whole[tile.level] = small
+    return small
 
 
 def _centre_face(raw: Any) -> int | None:
