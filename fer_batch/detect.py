@@ -305,7 +305,7 @@ class BlazeFaceDetector:
     def __init__(self, cfg: DetectConfig, model: str = BLAZEFACE_MODEL,
                  smallest: float = BLAZEFACE_SMALLEST, factor: float = BLAZEFACE_FACTOR,
                  max_tile: int = BLAZEFACE_MAX_TILE, reach: float = BLAZEFACE_REACH,
-                 coarsest: float = BLAZEFACE_COARSEST) -> None:
+                 coarsest: float = BLAZEFACE_COARSEST, second_look: bool = True) -> None:
         from fer_batch import blazeface
 
         self._cfg = cfg
@@ -313,6 +313,12 @@ class BlazeFaceDetector:
         self._path = model_file(DETECTOR_FILES[model])
         self._smallest, self._factor, self._max_tile = smallest, factor, max_tile
         self._reach, self._coarsest = reach, coarsest
+        self._two_looks = second_look  # False: the first look's candidates and scores (benches)
+        # The mean of the two views reaches --min-score only if the first view scores at least
+        # 2 * min_score - 1 (the mirror scores at most 1): under that, the mirror is not run
+        # and the face is rejected as it would be anyway. On the shared photos 26 of the 111
+        # second looks stop there, the same faces and scores kept.
+        self._mirror_from = 2 * cfg.min_score - 1
         self._runners: OrderedDict[tuple[int, int], tuple[Any, np.ndarray]] = OrderedDict()
         self._uses: Counter[tuple[int, int]] = Counter()  # every shape asked for, kept or not
         self._runner(self._options.input_size, self._options.input_size)  # load it now
@@ -351,6 +357,11 @@ class BlazeFaceDetector:
         smallest = self._reach * min_box
         accepted = []
         for i in np.flatnonzero(side >= smallest):
+            if not self._two_looks:
+                if merged.scores[i] >= self._cfg.min_score:
+                    accepted.append(blazeface.RawDetections(
+                        merged.boxes[i:i + 1], merged.keypoints[i:i + 1], merged.scores[i:i + 1]))
+                continue
             look = self._second_look(pixels, xywh[i])
             if look.scores[0] < self._cfg.min_score:
                 continue
@@ -399,10 +410,12 @@ class BlazeFaceDetector:
             return blazeface.RawDetections(
                 np.array([[x, y, x + w, y + h]], np.float32),
                 np.zeros((1, blazeface.NUM_KEYPOINTS, 2), np.float32), np.zeros(1, np.float32))
-        flipped = self._invoke(self._second,
-                               _model_input(np.ascontiguousarray(crop[:, ::-1]))[None],
-                               self._second_anchors, 0.01)
-        mirrored = _centre_face(flipped)
+        mirrored = None  # when not run, taken as scoring 0: rejected either way
+        if raw.scores[best] >= self._mirror_from:
+            flipped = self._invoke(self._second,
+                                   _model_input(np.ascontiguousarray(crop[:, ::-1]))[None],
+                                   self._second_anchors, 0.01)
+            mirrored = _centre_face(flipped)
         score = (raw.scores[best] + (0.0 if mirrored is None else flipped.scores[mirrored])) / 2
         return blazeface.RawDetections(
             ((raw.boxes[best].reshape(2, 2) * size - shift) / k).reshape(1, 4),

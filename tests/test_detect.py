@@ -81,18 +81,26 @@ def test_the_second_look_scores_faces_high_and_lookalikes_low(portrait, blaze):
 def test_det_score_is_the_same_for_a_face_and_its_mirror_image(portrait, blaze):
     """The second look scores a crop and its mirror image and takes the mean, so the score
     does not depend on which way a face turns. One view alone differs by up to 0.17 between
-    the two on lookalikes (noise, the astronaut's suit), where a threshold decides."""
+    the two on lookalikes (noise, the astronaut's suit), where a threshold decides. (The
+    mirror view is skipped where the first view alone rules the face out; the decision
+    stays the same both ways.)"""
+    both = BlazeFaceDetector(DetectConfig())
+    both._mirror_from = -1.0  # always both views, so that every score is the mean
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, portrait.shape, dtype=np.uint8)
     width = portrait.shape[1]
+    min_score = DetectConfig().min_score
     for pixels in (portrait, noise):
         mirror = np.ascontiguousarray(pixels[:, ::-1])
         for box in ((180, 60, 90, 110), (190, 80, 70, 70), (100, 200, 80, 80),
                     (350, 100, 60, 60), (170, 50, 110, 110), (150, 40, 150, 150)):
             b = np.array(box, float)
             flipped = np.array([width - b[0] - b[2], b[1], b[2], b[3]])
-            assert blaze._second_look(pixels, b).scores[0] == pytest.approx(
-                blaze._second_look(mirror, flipped).scores[0], abs=0.02), box
+            score = both._second_look(pixels, b).scores[0]
+            assert score == pytest.approx(both._second_look(mirror, flipped).scores[0],
+                                          abs=0.02), box
+            for look in (blaze._second_look(pixels, b), blaze._second_look(mirror, flipped)):
+                assert (look.scores[0] >= min_score) == (score >= min_score), box
 
 
 def test_min_score_applies_to_the_second_look(portrait):
@@ -129,6 +137,47 @@ def _iou(a, b) -> float:
     w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def test_the_mirror_view_is_skipped_only_where_the_mean_cannot_reach_min_score(portrait):
+    """The second look runs the mirror view only when the first view scores at least
+    2 * min_score - 1: the same faces and scores as always running it, in fewer model calls
+    where candidates are lookalikes (the noise, the astronaut's suit)."""
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, portrait.shape, dtype=np.uint8)
+    for min_score in (0.65, 0.8):
+        skipping = BlazeFaceDetector(DetectConfig(min_score=min_score))
+        always = BlazeFaceDetector(DetectConfig(min_score=min_score))
+        always._mirror_from = -1.0
+        for pixels in (portrait, noise, np.ascontiguousarray(portrait[:, ::-1])):
+            a, b = skipping(pixels, 1.0), always(pixels, 1.0)
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.scores, b.scores)
+            np.testing.assert_array_equal(a.keypoints, b.keypoints)
+        lookalike = np.array([300.0, 330.0, 120.0, 120.0])  # her suit
+        before = skipping.tiles_run
+        assert skipping._second_look(portrait, lookalike).scores[0] < min_score
+        assert skipping.tiles_run - before == 1  # the mirror was not run
+        before = skipping.tiles_run
+        assert skipping._second_look(portrait, np.array(ASTRONAUT_FACE, float)).scores[0] > 0.65
+        assert skipping.tiles_run - before == 2
+
+
+def test_without_the_second_look_the_first_looks_candidates_and_scores_are_kept(portrait):
+    """`second_look=False` (for the benches): faces from the first look's score, no second
+    look run."""
+    first = BlazeFaceDetector(DetectConfig(), second_look=False)
+    found = first(portrait, 1.0)
+    assert len(found) == 1 and found.scores[0] >= DetectConfig().min_score
+    assert _iou(found.boxes[0], ASTRONAUT_FACE) > 0.4
+    calls = first.tiles_run
+    first(portrait, 1.0)
+    assert first.tiles_run - calls == len(plan_tiles(
+        portrait.shape[1], portrait.shape[0], 256, detect.BLAZEFACE_SMALLEST,
+        DetectConfig().min_face * detect.HAAR_SIDE["blazeface"], detect.BLAZEFACE_FACTOR,
+        BLAZEFACE_MAX_TILE, coarsest=detect.BLAZEFACE_COARSEST))  # the pyramid's only
+    two = BlazeFaceDetector(DetectConfig())(portrait, 1.0)
+    assert found.scores[0] != two.scores[0]
 
 
 def test_a_candidate_the_second_look_rejects_hides_no_face_inside_it(portrait, monkeypatch):
@@ -532,3 +581,60 @@ def test_fer2013s_own_48px_images_are_one_face_each(shared_data, blaze):
     faces = bare_faces(str(shared_data / "fer2013" / "val"), limit=140, seed=0)
     found = [d is not None for d in detect_all(faces, blaze)]
     assert np.mean(found) >= 0.85, np.mean(found)
+
+
+def test_a_drawn_mask_covers_nose_and_mouth_and_leaves_the_eyes():
+    """The masks bench (fer_batch/bench/masks.py) draws a mask from the nose bridge to under
+    the chin, over the box's width; faces without keypoints are left bare."""
+    from fer_batch.bench.masks import MASK_COLOURS, draw_masks, mask_polygon
+
+    box = np.array([100.0, 100.0, 80.0, 100.0])
+    points = np.array([[160.0, 140.0], [120.0, 140.0], [140.0, 170.0]])  # eyes, nose tip
+    corners = mask_polygon(box, points)
+    assert corners.shape == (8, 2) and corners.dtype == np.int32
+    assert 140 < corners[:, 1].min() < 170 and corners[:, 1].max() > 200  # bridge to chin
+    assert corners[:, 0].min() < 100 and corners[:, 0].max() > 180
+    pixels = np.full((300, 300, 3), 90, np.uint8)
+    nan = np.full((3, 2), np.nan)
+    out = draw_masks(pixels, np.array([box, box + [150, 0, 0, 0]]),
+                     np.array([points, nan]))
+    assert tuple(out[190, 140]) == MASK_COLOURS[0]  # the mouth
+    assert tuple(out[172, 140]) == MASK_COLOURS[0]  # the nose tip
+    assert tuple(out[140, 120]) == (90, 90, 90) == tuple(out[140, 160])  # the eyes
+    assert (out[:, 240:] == 90).all()  # no keypoints: no mask
+    assert (pixels == 90).all()  # a copy
+
+
+def test_the_masks_bench_counts_faces_found_bare_and_masked_at_each_size(tmp_path):
+    """With stand-in detectors: a face is found when a box overlaps it at IoU 0.4 at the
+    shrunk size; boxes over no face count as other; sizes a face is under are skipped."""
+    import cv2
+
+    from fer_batch.bench.masks import AS_IS, MASK_COLOURS, main, measure
+
+    box = np.array([100, 100, 170, 170], np.int32)  # Haar side 200
+    points = np.array([[[230.0, 150.0], [140.0, 150.0], [185.0, 200.0]]], np.float32)
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((400, 400, 3), 90, np.uint8))
+
+    def reference(pixels, scale):
+        return detect.Detections(box[None], np.ones(1, np.float32), points)
+
+    def bare_only(pixels, scale):
+        f = pixels.shape[1] / 400
+        nose = pixels[round(205 * f), round(185 * f)]
+        boxes = [[0, 0, 5, 5]]  # always one box over no face
+        if tuple(nose) != MASK_COLOURS[0]:
+            boxes.append(list(np.rint(box * f)))
+        return detect.Detections(np.array(boxes, np.int32), np.ones(len(boxes), np.float32))
+
+    rows = measure([tmp_path / "a.png"], {"d": bare_only}, reference, (50, 100, 250))["d"]
+    assert set(rows) == {AS_IS, "50", "100", "250"}
+    for size in (AS_IS, "50", "100"):
+        assert rows[size]["faces"] == 1 and rows[size]["bare"] == 1, size
+        assert rows[size]["masked"] == 0 and rows[size]["masked_share"] == 0.0, size
+        assert rows[size]["other_bare"] == rows[size]["other_masked"] == 1, size
+    assert rows["250"]["faces"] == 0  # the face is 200: never enlarged
+    with pytest.raises(ValueError, match=r"--sizes must be >= 1; received: 0"):
+        main([str(tmp_path), "--sizes", "50", "0"])
+    with pytest.raises(ValueError, match=r"photos must be a folder .*'nowhere'"):
+        main(["nowhere"])

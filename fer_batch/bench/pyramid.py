@@ -3,7 +3,8 @@ faces in scenes and as face-crop images of their own, and the first look's model
 photo (a cost that does not depend on how fast the machine is).
 
     python -m fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train \\
-        --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65] [--coarsest 0 128]
+        --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65] [--coarsest 0 128] \\
+        [--first-look]
 
 Each setting is `finest,factor`: a --min-face face is `finest` model pixels at the finest
 level, and levels are `factor` apart (fer_batch/tiling.py); each runs once per `--coarsest`
@@ -35,7 +36,8 @@ def parse_setting(text: str) -> tuple[float, float]:
 
 def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: float,
             factor: float, min_score: float | None = None, coarsest: float | None = None,
-            crops: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+            crops: dict[str, list[Any]] | None = None, second_look: bool = True
+            ) -> dict[str, Any]:
     """One setting's photo counts, scene recall, face-crop recall (per crop size) and model
     pixels per photo."""
     from fer_batch.bench.detectors import count_faces, score_counts
@@ -46,14 +48,16 @@ def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: floa
     cfg = DetectConfig(detector="blazeface") if min_score is None else DetectConfig(
         detector="blazeface", min_score=min_score)
     coarsest = BLAZEFACE_COARSEST if coarsest is None else coarsest
-    detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor, coarsest=coarsest)
+    detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor, coarsest=coarsest,
+                                 second_look=second_look)
     counts = score_counts(by_eye, count_faces(photos, sorted(by_eye), cfg, detector))
     pixels = detector.pyramid_pixels / max(len(by_eye), 1)
     hits = [d is not None for d in detect_all(scenes, detector)]
     found = {name: round(float(np.mean([d is not None for d in detect_all(group, detector)])), 4)
              for name, group in (crops or {}).items()}
     return {"finest": finest, "factor": factor, "coarsest": coarsest,
-            "min_score": cfg.min_score, "photos_found": counts["found"],
+            "min_score": cfg.min_score, "second_look": second_look,
+            "photos_found": counts["found"],
             "photos_extra": counts["extra"], "per_file": counts["per_file"],
             "scenes_found": round(float(np.mean(hits)), 4) if hits else None,
             "crops_found": found, "model_pixels_per_photo": round(pixels)}
@@ -74,6 +78,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--coarsest", type=float, nargs="+", default=[None],
                    help="the last level's least long side in model pixels, one run each "
                         "(default: the detector's; 0: no floor)")
+    p.add_argument("--first-look", action="store_true",
+                   help="without the second look: the first look's candidates from "
+                        "--min-score (a one-level setting such as 17,100 is one model input "
+                        "per 640x480 scene, as a single-inference prototype runs)")
     p.add_argument("--crops", type=int, default=150,
                    help="faces sampled as face-crop images of each size (0: none)")
     args = p.parse_args(argv)
@@ -89,7 +97,8 @@ def main(argv: list[str]) -> int:
     for finest, factor in settings:
         for coarsest in args.coarsest:
             print(json.dumps(measure(args.photos, by_eye, scenes, finest, factor,
-                                     args.min_score, coarsest, crops)), flush=True)
+                                     args.min_score, coarsest, crops,
+                                     not args.first_look)), flush=True)
     return 0
 
 
