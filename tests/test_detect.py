@@ -665,10 +665,11 @@ def test_masked_faces_are_still_found_from_50_px(shared_data, blaze):
     """Faces with a drawn mask (fer_batch/bench/masks.py) on the shared photos, each shrunk to
     65 px: the second look keeps them (measured 23 of 24; the first look alone 17), and
     every face is still found bare."""
-    from fer_batch.bench.masks import IMAGE_SUFFIXES, measure
+    from fer_batch.bench.masks import measure
+    from fer_batch.schema import IMAGE_EXTENSIONS
 
     photos = sorted(p for p in (shared_data / "photos").iterdir()
-                    if p.suffix.lower() in IMAGE_SUFFIXES)
+                    if p.suffix.lower() in IMAGE_EXTENSIONS)
     rows = measure(photos, {"default": blaze}, blaze, sizes=(65,))["default"]
     assert rows["65"]["faces"] >= 20 and rows["65"]["bare_share"] == 1.0, rows
     assert rows["65"]["masked_share"] >= 0.85, rows

@@ -3,7 +3,7 @@
 Street photos of people in masks are a common archive (issue 11's street set was mostly
 masked faces), and the shared photos have none. So masks are drawn on: each face the
 detector finds in a photo, with its eyes and nose tip, gets a flat mask from the nose
-bridge to under the chin, cheek to cheek (`draw_mask`; surgical blue, white or black in
+bridge to under the chin, cheek to cheek (`draw_masks`; surgical blue, white or black in
 turn). Then, for each face and each size in `--sizes` (Haar's convention, as `--min-face`),
 the photo is shrunk so that this face is that size (never enlarged), and the detector runs
 on it with and without the masks (row `as-is`: every face of the photo at its own size,
@@ -30,7 +30,6 @@ SIZES = (50, 65, 80, 120)
 MASK_COLOURS = ((225, 205, 170), (240, 240, 240), (50, 50, 50))  # BGR: surgical, white, black
 MATCH_IOU = 0.4
 AS_IS = "as-is"  # the row of every face at its own size, the photo unshrunk
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def mask_polygon(box: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
@@ -62,13 +61,6 @@ def draw_masks(pixels: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray) -> 
     return out
 
 
-def iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of x, y, w, h `boxes` (n, 4) with one box."""
-    from fer_batch.bench.scenes import _iou
-
-    return _iou(np.asarray(boxes, np.float64).reshape(-1, 4), tuple(float(v) for v in box))
-
-
 def measure(photos: list[Path], detectors: dict[str, Any], reference: Any,
             sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     """Per detector and size (and `as-is`): faces, those found bare and masked, and the
@@ -78,6 +70,7 @@ def measure(photos: list[Path], detectors: dict[str, Any], reference: Any,
     import cv2
 
     from fer_batch.detect import HAAR_SIDE
+    from fer_batch.tracking import iou_matrix
 
     rows: dict[str, dict[str, dict[str, Any]]] = {
         name: {str(s): {"faces": 0, "bare": 0, "masked": 0, "other_bare": 0, "other_masked": 0}
@@ -89,9 +82,9 @@ def measure(photos: list[Path], detectors: dict[str, Any], reference: Any,
             found = detector(small, 1.0)
             row = rows[name][size]
             row["faces"] += len(scored) if kind == "bare" else 0
-            row[kind] += sum(bool((iou(found.boxes, b) >= MATCH_IOU).any()) for b in scored)
-            on_faces = [(iou(faces, b) >= MATCH_IOU).any() for b in found.boxes]
-            row["other_" + kind] += int(len(on_faces) - sum(on_faces))
+            row[kind] += int((iou_matrix(scored, found.boxes) >= MATCH_IOU).any(axis=1).sum())
+            on_faces = (iou_matrix(found.boxes, faces) >= MATCH_IOU).any(axis=1)
+            row["other_" + kind] += int((~on_faces).sum())
 
     for path in photos:
         pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -124,9 +117,10 @@ def measure(photos: list[Path], detectors: dict[str, Any], reference: Any,
 def main(argv: list[str]) -> int:
     from fer_batch.config import DetectConfig
     from fer_batch.detect import BlazeFaceDetector
+    from fer_batch.schema import IMAGE_EXTENSIONS
 
     p = argparse.ArgumentParser(prog="python -m fer_batch.bench.masks")
-    p.add_argument("photos", help="a folder of photos with faces (.jpg, .png)")
+    p.add_argument("photos", help="a folder of photos with faces")
     p.add_argument("--min-score", type=float, nargs="+", default=[None],
                    help="--min-score values, one run each (default: the default)")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
@@ -138,9 +132,9 @@ def main(argv: list[str]) -> int:
         if size < 1:
             raise ValueError(f"--sizes must be >= 1; received: {size}")
     photos = sorted(q for q in Path(args.photos).iterdir()
-                    if q.suffix.lower() in IMAGE_SUFFIXES) if Path(args.photos).is_dir() else []
+                    if q.suffix.lower() in IMAGE_EXTENSIONS) if Path(args.photos).is_dir() else []
     if not photos:
-        raise ValueError(f"photos must be a folder of .jpg or .png files; received: "
+        raise ValueError(f"photos must be a folder of images; received: "
                          f"{args.photos!r}")
     detectors = {}
     for score in args.min_score:

@@ -129,17 +129,6 @@ def make_crops(root: str, limit: int = 150, seed: int = 0) -> dict[str, list[Sce
     return groups
 
 
-def _iou(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """IoU of x, y, w, h boxes `a` (n, 4) with one box."""
-    x, y, w, h = box
-    x0 = np.maximum(a[:, 0], x)
-    y0 = np.maximum(a[:, 1], y)
-    x1 = np.minimum(a[:, 0] + a[:, 2], x + w)
-    y1 = np.minimum(a[:, 1] + a[:, 3], y + h)
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    return inter / (a[:, 2] * a[:, 3] + w * h - inter)
-
-
 # When a box is the pasted face. A FER-2013 image frames its face loosely at times (a face of
 # half the image's side, with hair, hands and shoulders around it), so a box counts when it
 # overlaps the pasted image at MATCH_IOU, or lies on it (INSIDE_SHARE of its area) and is at
@@ -159,7 +148,7 @@ def on_face(boxes: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarr
     inter = (np.clip(np.minimum(a[:, 0] + a[:, 2], x + w) - np.maximum(a[:, 0], x), 0, None)
              * np.clip(np.minimum(a[:, 1] + a[:, 3], y + h) - np.maximum(a[:, 1], y), 0, None))
     area = a[:, 2] * a[:, 3]
-    iou = _iou(a, box)
+    iou = inter / (area + w * h - inter)
     inside = (inter >= INSIDE_SHARE * area) & (np.sqrt(area) >= INSIDE_SIDE * np.sqrt(w * h))
     return (iou >= MATCH_IOU) | inside, iou
 
