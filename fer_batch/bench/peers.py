@@ -11,18 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from fer_batch.tracking import iou_matrix as iou  # x, y, w, h boxes, pairwise
+
 PEER_SCRIPT = Path(__file__).with_name("peer_fer.py")
 MATCH_IOU = 0.4
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over union of (n, 4) and (m, 4) x, y, w, h boxes."""
-    a, b = a.astype(np.float64)[:, None, :], b.astype(np.float64)[None, :, :]
-    w = np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-    h = np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-    return inter / np.maximum(union, 1e-9)
 
 
 def matched(theirs: list[list[int]], ours: list[list[int]], threshold: float = MATCH_IOU) -> int:
