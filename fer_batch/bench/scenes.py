@@ -161,7 +161,7 @@ def detect_all(scenes: list[Scene], detector: Any) -> list[Any]:
     found = []
     for scene in scenes:
         det = detector(scene.pixels, 1.0)
-        match, iou = on_face(det.boxes, scene.box) if len(det) else (np.zeros(0, bool), None)
+        match, iou = on_face(det.boxes, scene.box)  # empty for no boxes
         if not match.any():
             found.append(None)
             continue
