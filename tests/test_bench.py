@@ -144,3 +144,63 @@ def test_bench_smoke_on_three_demo_images(tmp_path):
     assert result["storage"]["skipped"]
     runs = result["manifest_memory"]["runs"]
     assert [(r["lines"], r["streamed"]) for r in runs] == [(1000, 1000), (5000, 5000)]
+
+
+def test_the_floor_budgets_are_what_the_targets_leave_per_file():
+    """bench.floor: fer 80 s cold on 400 files, a floor of 12 s, 2 cores. 4x cold leaves
+    (80 / 4 - 12) s x 2 cores over 400 files = 40 ms a file; 8x steady, 2 x 80 / (8 x 400)
+    s = 50 ms a file for every step; a floor over fer's wall / 4 leaves less than nothing."""
+    from fer_batch.bench.floor import budgets
+
+    got = budgets(80.0, 12.0, 400, 2, 4.0, 8.0)
+    assert got == pytest.approx({"cold_detect_budget_ms": 40.0, "steady_file_budget_ms": 50.0})
+    assert budgets(80.0, 21.0, 400, 2, 4.0, 8.0)["cold_detect_budget_ms"] < 0
+
+
+def test_the_floor_hook_makes_every_stage_detector_find_nothing(monkeypatch):
+    """The worker setup hook replaces the detector the stages build, whatever the config,
+    with one that returns no boxes."""
+    from fer_batch import stages
+    from fer_batch.bench.floor import no_detection
+    from fer_batch.config import DetectConfig
+
+    monkeypatch.setattr(stages, "make_detector", stages.make_detector)  # restored after
+    no_detection()
+    for name in ("blazeface", "haar"):
+        detector = stages.make_detector(DetectConfig(detector=name))
+        found = detector(np.zeros((64, 64, 3), np.uint8), 1.0)
+        assert len(found) == 0 and found.boxes.shape == (0, 4)
+
+
+def test_the_floor_bench_names_bad_options_and_failed_runs(tmp_path):
+    from fer_batch.bench.floor import main, timed
+
+    with pytest.raises(ValueError, match=r"--rounds must be > 0; received: 0"):
+        main([str(tmp_path), "--rounds", "0"])
+    with pytest.raises(ValueError, match=r"--cold must be > 0; received: -4\.0"):
+        main([str(tmp_path), "--cold", "-4"])
+    with pytest.raises(ValueError, match=r"input must be a local folder.*'nowhere'"):
+        main(["nowhere"])
+    with pytest.raises(ValueError, match=r"input holds no images; received: "):
+        main([str(tmp_path)])
+    with pytest.raises(RuntimeError, match=r"exit 3: .*\n.*boom"):
+        timed([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "x.log")
+    assert timed([sys.executable, "-c", "pass"], tmp_path / "ok.log") > 0
+
+
+def test_the_floor_hook_patches_the_stages_when_a_worker_imports_them_later():
+    """In a Ray worker the hook runs before anything is imported; it imports only the
+    standard library, and the stages imported afterwards build detectors that find
+    nothing."""
+    code = ("import sys\n"
+            "from fer_batch.bench.floor import no_detection\n"
+            "no_detection()\n"
+            "assert 'fer_batch.stages' not in sys.modules and 'numpy' not in sys.modules\n"
+            "import numpy as np\n"
+            "from fer_batch import stages\n"
+            "from fer_batch.config import DetectConfig\n"
+            "found = stages.make_detector(DetectConfig())(np.zeros((64, 64, 3), np.uint8), 1.0)\n"
+            "print(len(found))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "0"

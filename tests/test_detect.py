@@ -524,6 +524,26 @@ def test_pyramid_pixels_count_every_first_look_input_of_the_plan(portrait):
         assert det.pyramid_pixels - before == sum(t.shape[0] * t.shape[1] for t in tiles) > 0
 
 
+def test_the_pyramid_bench_counts_per_photo_and_times_one_pass(tmp_path, portrait):
+    """bench.pyramid.measure: the photo's face counted against its by-eye number, model
+    pixels per photo for one pass (not one per timing repeat), and a detect time."""
+    import cv2
+
+    from fer_batch.bench.pyramid import TIMING_REPEAT, measure
+
+    cv2.imwrite(str(tmp_path / "astronaut.png"), portrait)
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
+    row = measure(str(tmp_path), {"astronaut.png": 1, "blank.png": 0}, [], 20.0, 4.0)
+    assert (row["photos_found"], row["photos_extra"]) == (1, 0)
+    assert row["per_file"] == {"astronaut.png": 1, "blank.png": 0}
+    det = BlazeFaceDetector(DetectConfig())
+    for name in ("astronaut.png", "blank.png"):
+        det(cv2.imread(str(tmp_path / name)), 1.0)
+    assert TIMING_REPEAT > 1
+    assert row["model_pixels_per_photo"] == round(det.pyramid_pixels / 2)
+    assert row["detect_ms_per_photo"] > 0
+
+
 @pytest.mark.parametrize("text", ["20", "20,1", "a,4", "0,4"])
 def test_a_bad_pyramid_setting_names_the_option_and_echoes_it(text):
     from fer_batch.bench.pyramid import parse_setting

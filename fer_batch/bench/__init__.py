@@ -6,7 +6,23 @@ process, warm inside one Ray session) are divided by that ceiling. Peers, memory
 growth and a GPU sweep complete the picture. Importing this package does nothing.
 """
 
-from fer_batch.bench.config import BenchConfig
-from fer_batch.bench.run import run_bench
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["BenchConfig", "run_bench"]
+
+
+def __getattr__(name: str) -> Any:
+    """BenchConfig and run_bench, imported on first use: a bench module run on its own (or
+    imported by a Ray worker, as bench.floor's setup hook is) does not pay for the whole
+    bench's imports."""
+    if name == "BenchConfig":
+        from fer_batch.bench.config import BenchConfig
+
+        return BenchConfig
+    if name == "run_bench":
+        from fer_batch.bench.run import run_bench
+
+        return run_bench
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """BlazeFace's pyramid settings side by side: recall on photos counted by eye, on FER-2013
-faces in scenes and as face-crop images of their own, and the first look's model pixels per
-photo (a cost that does not depend on how fast the machine is).
+faces in scenes and as face-crop images of their own, the first look's model pixels per
+photo (a cost that does not depend on how fast the machine is) and the detect step's
+milliseconds per photo on this machine's one core (best of TIMING_REPEAT, as the stage
+loop of `fer-batch bench` times it, so the interpreters' first sizing is not counted).
 
     python -m fer_batch.bench.pyramid ../shared/data/photos ../shared/data/fer2013/train \\
         --scenes 400 --settings 20,4 20,2 24,4 28,4 [--min-score 0.65] [--coarsest 0 128] \\
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+TIMING_REPEAT = 3
+
 
 def parse_setting(text: str) -> tuple[float, float]:
     """'20,4' -> (20.0, 4.0); a bad one names the option and echoes it."""
@@ -38,20 +42,26 @@ def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: floa
             factor: float, min_score: float | None = None, coarsest: float | None = None,
             crops: dict[str, list[Any]] | None = None, second_look: bool = True
             ) -> dict[str, Any]:
-    """One setting's photo counts, scene recall, face-crop recall (per crop size) and model
-    pixels per photo."""
-    from fer_batch.bench.detectors import count_faces, score_counts
+    """One setting's photo counts, scene recall, face-crop recall (per crop size), model
+    pixels and detect milliseconds per photo."""
+    from fer_batch.bench.detectors import score_counts
     from fer_batch.bench.scenes import detect_all
+    from fer_batch.bench.stages import time_image
     from fer_batch.config import DetectConfig
     from fer_batch.detect import BLAZEFACE_COARSEST, BlazeFaceDetector
+    from fer_batch.registry import resolve_model
 
     cfg = DetectConfig(detector="blazeface") if min_score is None else DetectConfig(
         detector="blazeface", min_score=min_score)
     coarsest = BLAZEFACE_COARSEST if coarsest is None else coarsest
     detector = BlazeFaceDetector(cfg, smallest=finest, factor=factor, coarsest=coarsest,
                                  second_look=second_look)
-    counts = score_counts(by_eye, count_faces(photos, sorted(by_eye), cfg, detector))
-    pixels = detector.pyramid_pixels / max(len(by_eye), 1)
+    spec = resolve_model("fer-mini-xception")  # only its colour matters to decoding
+    timed = {name: time_image(str(Path(photos) / name), cfg, spec, detector, TIMING_REPEAT)
+             for name in sorted(by_eye)}
+    counts = score_counts(by_eye, {name: t["faces"] for name, t in timed.items()})
+    pixels = detector.pyramid_pixels / TIMING_REPEAT / max(len(by_eye), 1)
+    detect_ms = 1000 * float(np.mean([t["detect"] for t in timed.values()])) if timed else None
     hits = [d is not None for d in detect_all(scenes, detector)]
     found = {name: round(float(np.mean([d is not None for d in detect_all(group, detector)])), 4)
              for name, group in (crops or {}).items()}
@@ -60,7 +70,8 @@ def measure(photos: str, by_eye: dict[str, int], scenes: list[Any], finest: floa
             "photos_found": counts["found"],
             "photos_extra": counts["extra"], "per_file": counts["per_file"],
             "scenes_found": round(float(np.mean(hits)), 4) if hits else None,
-            "crops_found": found, "model_pixels_per_photo": round(pixels)}
+            "crops_found": found, "model_pixels_per_photo": round(pixels),
+            "detect_ms_per_photo": None if detect_ms is None else round(detect_ms, 1)}
 
 
 def main(argv: list[str]) -> int:
@@ -86,6 +97,9 @@ def main(argv: list[str]) -> int:
                    help="faces sampled as face-crop images of each size (0: none)")
     args = p.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
+    import cv2
+
+    cv2.setNumThreads(1)  # one core, as each detection actor has
     for value in args.coarsest:
         if value is not None and value < 0:
             raise ValueError(f"--coarsest must be >= 0; received: {value!r}")
