@@ -173,7 +173,7 @@ def test_the_floor_hook_makes_every_stage_detector_find_nothing(monkeypatch):
 
 
 def test_the_floor_bench_names_bad_options_and_failed_runs(tmp_path):
-    from fer_batch.bench.floor import main, timed
+    from fer_batch.bench.floor import image_files, main, timed
 
     with pytest.raises(ValueError, match=r"--rounds must be > 0; received: 0"):
         main([str(tmp_path), "--rounds", "0"])
@@ -183,6 +183,14 @@ def test_the_floor_bench_names_bad_options_and_failed_runs(tmp_path):
         main(["nowhere"])
     with pytest.raises(ValueError, match=r"input holds no images; received: "):
         main([str(tmp_path)])
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (media / name).write_bytes(b"")
+    assert image_files(str(media)) == [str(media / "a.jpg"), str(media / "b.png")]
+    (media / "clip.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"input must hold images only.*clip\.mp4"):
+        image_files(str(media))
     with pytest.raises(RuntimeError, match=r"exit 3: .*\n.*boom"):
         timed([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "x.log")
     assert timed([sys.executable, "-c", "pass"], tmp_path / "ok.log") > 0

@@ -128,10 +128,16 @@ def budgets(fer_wall: float, floor_wall: float, files: int, cores: int, cold: fl
 
 
 def image_files(root: str) -> list[str]:
-    from fer_batch.schema import IMAGE_EXTENSIONS
+    """The images a run over `root` annotates, listed as the pipeline lists them; videos are
+    refused (`fer`'s loop reads images only, so the files would differ)."""
+    from fer_batch.sources import ListingStats, iter_media
 
-    return sorted(str(p) for p in Path(root).rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = list(iter_media((root,), {}, ListingStats()))
+    videos = [e["source_uri"] for e in entries if e["media_type"] != "image"]
+    if videos:
+        raise ValueError(f"input must hold images only (fer's loop reads no video); "
+                         f"received: {root!r}, with {videos[0]!r}")
+    return [e["source_uri"] for e in entries]
 
 
 def measure(root: str, rounds: int, cold: float, steady: float, peer_python: str | None,
